@@ -1,0 +1,171 @@
+"""DVC stage ``features``: every clip of every split to Parquet, one Prefect task per session.
+
+Reads ``data.root`` (REACT2024 layout), writes ``features/<split>/{frames,examples}.parquet``,
+``features/norm_stats.json`` (train split only), ``features/quarantine.csv`` and ``features/report.json``.
+A bad clip is quarantined with its reason and the rest goes on; the stage fails only when a split is
+left with nothing usable, after writing the quarantine report.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as stdio
+from collections import defaultdict
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+from pipelines.flows import StageTimer, gather, make_task_runner, worker_count
+from reactdiff import io, layout
+from reactdiff.audio import build_encoder
+from reactdiff.config import FeaturesConfig, load_params
+from reactdiff.corpus import read_split
+from reactdiff.features import (
+    EXAMPLES_FILE,
+    FRAMES_FILE,
+    QUARANTINE_FILE,
+    REPORT_FILE,
+    STATS_FILE,
+    NormStats,
+    Rejection,
+    SessionResult,
+    examples_table,
+    extract_session,
+    frames_table,
+)
+
+OUT = Path("features")
+
+
+def encoder_kwargs(cfg: FeaturesConfig) -> tuple[str, tuple]:
+    if cfg.encoder == "wav2vec2":
+        if not cfg.wav2vec2_path:
+            raise SystemExit(
+                "params.yaml: features.encoder is 'wav2vec2' but features.wav2vec2_path is empty; set it "
+                "to a local folder holding a save_pretrained wav2vec2 model (or a cached hub name)"
+            )
+        kwargs = {
+            "model_path": cfg.wav2vec2_path,
+            "layer": cfg.wav2vec2_layer,
+            "left_context_s": cfg.left_context_s,
+            "chunk_frames": cfg.wav2vec2_chunk_frames,
+        }
+        return cfg.encoder, tuple(sorted(kwargs.items()))
+    return cfg.encoder, ()
+
+
+@lru_cache(maxsize=2)
+def cached_encoder(name: str, kwargs: tuple):
+    """One encoder per worker process (a wav2vec2 model is loaded once, not once per session)."""
+    return build_encoder(name, **dict(kwargs))
+
+
+@task(name="extract-session", cache_policy=NONE)
+def extract_session_task(
+    root: str, split: str, session: str, clip_ids: list[str], encoder: tuple, cfg: FeaturesConfig
+) -> SessionResult:
+    return extract_session(
+        Path(root),
+        split,
+        session,
+        clip_ids,
+        cached_encoder(*encoder),
+        max_frames=cfg.max_frames,
+        frame_tolerance=cfg.frame_tolerance,
+    )
+
+
+def quarantine_csv(rejections: list[Rejection]) -> str:
+    buffer = stdio.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["split", "clip", "file", "reason"])
+    for r in sorted(rejections, key=lambda r: (r.split, r.clip_id)):
+        writer.writerow([r.split, r.clip_id, r.path, r.reason])
+    return buffer.getvalue()
+
+
+@flow(name="features", log_prints=True)
+def features_flow(root: Path, splits: list[str], cfg: FeaturesConfig, out: Path = OUT) -> dict:
+    encoder_spec = encoder_kwargs(cfg)
+    encoder = cached_encoder(*encoder_spec)
+    rejections: list[Rejection] = []
+    report: dict = {"encoder": encoder.name, "audio_dim": encoder.dim, "splits": {}}
+    empty_splits = []
+    train_stats = None
+    for split in splits:
+        index = read_split(root, split)
+        by_session: dict[str, list[str]] = defaultdict(list)
+        for clip_id in index.clips():
+            by_session[layout.session_of(clip_id)].append(clip_id)
+        futures = [
+            extract_session_task.submit(str(root), split, session, clips, encoder_spec, cfg)
+            for session, clips in sorted(by_session.items())
+        ]
+        results: list[SessionResult] = gather(futures, desc=f"features {split}")
+        results.sort(key=lambda r: r.session)  # completion order must not change the output
+        clips = [c for r in results for c in r.clips]
+        split_rejections = [x for r in results for x in r.rejected]
+        rejections.extend(split_rejections)
+        table = frames_table(clips, encoder.name, encoder.dim)
+        examples = examples_table(
+            index, {c.clip_id for c in clips}, {x.clip_id: x.reason for x in split_rejections}
+        )
+        io.write_parquet(table, out / split / FRAMES_FILE)
+        io.write_parquet(examples, out / split / EXAMPLES_FILE)
+        usable = int(np.sum(examples.column("usable").to_numpy(zero_copy_only=False)))
+        found = len(index.clips())
+        report["splits"][split] = {
+            "clips_found": found,
+            "clips_written": len(clips),
+            "clips_quarantined": len(split_rejections),
+            "examples": len(index.examples),
+            "examples_usable": usable,
+            "frames": table.num_rows,
+        }
+        # Every clip found is either written or quarantined: nothing disappears silently.
+        if found != len(clips) + len(split_rejections):
+            raise RuntimeError(
+                f"features: clip counts do not reconcile for {split}: {report['splits'][split]}"
+            )
+        if usable == 0:
+            empty_splits.append(split)
+        if split == "train" and clips:
+            train_stats = NormStats.from_arrays(
+                np.concatenate([c.face for c in clips]), np.concatenate([c.audio for c in clips])
+            )
+    io.write_text(quarantine_csv(rejections), out / QUARANTINE_FILE)
+    io.write_json(report, out / REPORT_FILE)
+    if train_stats is not None:
+        io.write_json(train_stats.to_json(), out / STATS_FILE)
+    for r in rejections:
+        print(f"quarantined {r.path}: {r.reason}")
+    if empty_splits:
+        raise SystemExit(
+            f"features: no usable example left in split(s) {', '.join(empty_splits)} of {root}; "
+            f"see {out / QUARANTINE_FILE} for each rejected file and its reason, fix or replace those files"
+        )
+    if train_stats is None:
+        raise SystemExit("features: normalisation statistics need the train split in data.splits")
+    return report
+
+
+def main() -> None:
+    timer = StageTimer("features")
+    params = load_params()
+    root = params.data_root()
+    cfg = params.features
+    runner = make_task_runner(cfg.runner, cfg.workers)
+    print(f"[features] {root} with encoder {cfg.encoder}, {worker_count(cfg.workers)} {cfg.runner} workers")
+    report = features_flow.with_options(task_runner=runner)(root, list(params.data.splits), cfg)
+    counts = ", ".join(
+        f"{s}: {v['clips_written']}/{v['clips_found']} clips, {v['clips_quarantined']} quarantined"
+        for s, v in report["splits"].items()
+    )
+    timer.done(read=f"{root} ({counts})", wrote=f"{OUT}/")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Prefect plumbing shared by the stages that fan work out per session."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from prefect.futures import PrefectFuture, as_completed
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+from tqdm import tqdm
+
+
+def worker_count(requested: int) -> int:
+    """``0`` means one worker per CPU core available to this process."""
+    if requested > 0:
+        return requested
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # macOS, Windows
+        return max(os.cpu_count() or 1, 1)
+
+
+def make_task_runner(kind: str, workers: int) -> TaskRunner:
+    """``thread`` (default; numpy, scipy and torch release the GIL), ``process``, or ``dask`` (a local
+    cluster here; point ``PREFECT_DASK_ADDRESS`` at a scheduler to run on a real cluster)."""
+    n = worker_count(workers)
+    if kind == "thread":
+        return ThreadPoolTaskRunner(max_workers=n)
+    if kind == "process":
+        return ProcessPoolTaskRunner(max_workers=n)
+    if kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise SystemExit(
+                "runner 'dask' needs the optional dependencies: pip install -c constraints.txt -e '.[dask]'"
+            ) from None
+        address = os.environ.get("PREFECT_DASK_ADDRESS")
+        if address:
+            return DaskTaskRunner(address=address)
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": n,
+                "threads_per_worker": 1,
+                "dashboard_address": None,
+                "local_directory": tempfile.mkdtemp(prefix="reactdiff-dask-"),
+            }
+        )
+    raise ValueError(f"unknown task runner {kind!r}: use thread, process or dask")
+
+
+def gather(futures: Iterable[PrefectFuture], desc: str) -> list[Any]:
+    """Results of ``futures`` as they complete, with a progress bar on stderr."""
+    futures = list(futures)
+    results = []
+    with tqdm(total=len(futures), desc=desc, unit="session", file=sys.stderr, dynamic_ncols=True) as bar:
+        for future in as_completed(futures):
+            results.append(future.result())
+            bar.update(1)
+    return results
+
+
+class StageTimer:
+    """Prints what a stage read, wrote and how long it took (DESIGN.md habit)."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.start = time.perf_counter()
+
+    def done(self, read: str, wrote: str) -> None:
+        elapsed = time.perf_counter() - self.start
+        print(f"[{self.stage}] read {read}; wrote {wrote}; took {elapsed:.1f} s", flush=True)

@@ -1,0 +1,137 @@
+"""The one validated configuration object, built from ``params.yaml``.
+
+Every stage reads its settings through :func:`load_params`. Unknown keys and wrong types are errors
+that name the key (``features.encoder``) and the file, because a silently ignored typo in a params
+file invalidates an experiment without anyone noticing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A params file is missing, unparsable, or has an unknown key or a value of the wrong type."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+class DataConfig(_Section):
+    root: str = "data_sample"
+    """REACT2024-layout folder the pipeline reads: ``data_sample`` (generated) or ``data`` (real corpus)."""
+    splits: list[Literal["train", "val", "test"]] = ["train", "val", "test"]
+
+
+class SampleCorpusConfig(_Section):
+    """The synthetic corpus: a named size preset, with any field overridable."""
+
+    preset: Literal["sample", "paper"] = "sample"
+    seed: int | None = None
+    frames: int | None = Field(default=None, ge=32)
+    sample_rate: int | None = Field(default=None, ge=8000)
+    families: dict[str, int] | None = None
+    sessions_per_family: int | None = Field(default=None, ge=1)
+    n_styles: int | None = Field(default=None, ge=1)
+
+
+class FeaturesConfig(_Section):
+    encoder: Literal["logmel", "wav2vec2"] = "logmel"
+    wav2vec2_path: str | None = None
+    """Local folder of a ``save_pretrained`` wav2vec2 model, or a hub name already in the local cache."""
+    wav2vec2_layer: int = -1
+    left_context_s: float = Field(default=1.0, gt=0)
+    wav2vec2_chunk_frames: int = Field(default=1, ge=1)
+    """Frames encoded per wav2vec2 pass. 1 is strictly causal per frame; C > 1 is C times cheaper but a
+    frame sees up to C-1 frames of future audio inside its chunk (see reactdiff/audio.py)."""
+    runner: Literal["thread", "process", "dask"] = "thread"
+    workers: int = Field(default=0, ge=0)
+    """Parallel session jobs; 0 means one per CPU core."""
+    frame_tolerance: int = Field(default=2, ge=0)
+    max_frames: int = Field(default=750, ge=1)
+
+
+class WindowsConfig(_Section):
+    size: int = Field(default=16, ge=2)
+    """Window length w in frames (paper: 16)."""
+    stride: int = Field(default=4, ge=1)
+    """Frames between the starts of consecutive training windows."""
+    initial_past: Literal["first_frame", "mean"] = "first_frame"
+    """What stands in for the past window before the conversation starts: the listener's first frame
+    repeated (the state a live system is reset with), or the train mean (zeros once normalised)."""
+
+
+class Params(_Section):
+    seed: int = 0
+    fac_weight: float = Field(default=1e-4, ge=0, alias="lambda")
+    """Weight lambda of the facial action constraint (paper eq. 10, Table 13)."""
+    data: DataConfig = DataConfig()
+    sample_corpus: SampleCorpusConfig = SampleCorpusConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    windows: WindowsConfig = WindowsConfig()
+
+    @field_validator("fac_weight", mode="before")
+    @classmethod
+    def _int_is_a_number(cls, value: Any) -> Any:
+        # `-S lambda=0` writes an int; a weight of 0 is a float of 0.
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    def data_root(self, base: Path | None = None) -> Path:
+        root = Path(self.data.root)
+        return root if root.is_absolute() or base is None else base / root
+
+
+# PyYAML follows YAML 1.1, where `1e-4` is a string; DVC writes YAML 1.2 where it is a float.
+# Teach the loader the 1.2 float syntax so both spellings of a number mean the same thing.
+_FLOAT_RE = re.compile(
+    r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
+    r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys to values")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+            if e["type"] == "extra_forbidden":
+                problems.append(f"unknown key '{key}' (check the spelling against the README's params table)")
+            else:
+                problems.append(f"key '{key}': {e['msg']} (got {e.get('input')!r})")
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def load_params(path: Path | str | None = None) -> Params:
+    """Read and validate the params file (``$REACTDIFF_PARAMS`` or ``params.yaml`` by default)."""
+    path = Path(path or os.environ.get("REACTDIFF_PARAMS", DEFAULT_PARAMS))
+    if not path.exists():
+        raise ConfigError(f"{path}: not found; run the stage from the project root or set REACTDIFF_PARAMS")
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, source=str(path))

@@ -1,0 +1,664 @@
+"""The ReactDiff denoising network and its EDM denoiser wrapper (paper sec. 4.1, appendix A.1, Fig. 7).
+
+Contract. :class:`Denoiser` is the one object samplers and losses use::
+
+    denoiser(x [batch, w, 58], sigma [batch], cond: Conditions) -> x0 estimate [batch, w, 58]
+
+It owns the EDM preconditioning (Karras et al. 2022, ``sigma_data = 0.5``) around the raw network
+:class:`ReactionUNet`, whose output ``F`` is never used directly by anything else.
+
+Network (``ReactionUNet``), following appendix A.1:
+
+- a one-layer LSTM on the (scaled, noised) input frames, whose initial ``(h, c)`` is a linear map of the
+  previous listener window (its last frame and its mean, see :class:`_PastState`);
+- a temporal 1D U-Net over the ``w`` frames (channels-first ``conv1d``), residual blocks with adaptive
+  group normalisation driven by ``MLP(Fourier(c_noise)) + MLP(sinusoid(h))`` (diffusion step and the
+  global frame index ``h`` of the window's last frame);
+- cross-attention blocks in which listener frames (queries) attend to speaker face + audio tokens
+  (keys/values) under a causal mask, plus a learned null token that is always visible;
+- a one-layer LSTM on the output frames, initial state again from the past window, then a per-frame
+  linear head to the 58 coefficients.
+
+Speaker causality is exact: the output at frame ``t`` never depends on speaker frames ``> t``. The noised
+window ``x`` is generated jointly, so it may (and should) be seen in both directions; the speaker must not
+leak from the future. The network therefore has two regimes:
+
+- before the first cross-attention block (the encoder half and the start of the middle block) features
+  depend on ``x``, the noise level, ``h`` and the past window only, so convolutions are symmetric and see
+  neighbouring frames on both sides;
+- from the first cross-attention block on (the decoder half) every temporal operation is causal: convs
+  are left-padded, normalisation is per frame (a plain GroupNorm would average over all frames, future
+  ones included), and upsampling is nearest-neighbour. A frame ``j`` at level ``l`` (time factor
+  ``2**l``) covers full-resolution frames ``[j * 2**l, (j + 1) * 2**l - 1]``; its cross-attention only sees
+  speaker frames ``<= j * 2**l`` (the *start* of its span). Nearest upsampling hands coarse frame ``j``
+  to the fine frames of its span, all of which start at or after ``j * 2**l``, and causal convs only look
+  back, so the invariant "a frame depends on speaker frames up to its start" survives to the output.
+  The decoder still sees ``x`` bidirectionally through the encoder's skip connections.
+
+Classifier-free guidance: a row with ``speaker_mask == 0`` (or a model built with both speaker switches
+off) has every speaker token masked out of attention and its speaker inputs replaced by zeros before
+projection, so only the learned null token is attended to and the output does not depend on the speaker
+inputs at all.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from reactdiff.layout import N_COEFFS
+from reactdiff.noise import SIGMA_DATA
+
+__all__ = [
+    "Conditions",
+    "NetworkConfig",
+    "PRESETS",
+    "network_config",
+    "ReactionUNet",
+    "Denoiser",
+    "build_denoiser",
+    "count_parameters",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Conditions
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Conditions:
+    """Everything the denoiser conditions on besides ``x`` and ``sigma``; all coefficient tensors normalised.
+
+    - ``speaker_face``: ``[batch, w, 58]`` speaker 3DMM coefficients of the current window.
+    - ``speaker_audio``: ``[batch, w, audio_dim]`` speaker audio features aligned to the window's frames.
+    - ``past``: ``[batch, w, 58]`` the previous listener window (the real one in training, the generated
+      one when sampling).
+    - ``frame_index``: ``[batch]`` long, global index ``h`` of the window's last frame in the conversation.
+    - ``speaker_mask``: ``[batch]`` bool or float; 1 = speaker conditions present, 0 = dropped
+      (classifier-free guidance's unconditional input).
+    """
+
+    speaker_face: Tensor
+    speaker_audio: Tensor
+    past: Tensor
+    frame_index: Tensor
+    speaker_mask: Tensor
+
+    @classmethod
+    def create(
+        cls,
+        speaker_face: Tensor,
+        speaker_audio: Tensor,
+        past: Tensor,
+        frame_index: Tensor | int,
+        speaker_mask: Tensor | None = None,
+    ) -> Conditions:
+        """Build conditions with ``speaker_mask`` all ones and ``frame_index`` broadcast to ``[batch]``."""
+        batch, device = speaker_face.shape[0], speaker_face.device
+        index = torch.as_tensor(frame_index, dtype=torch.long, device=device)
+        if index.ndim == 0:
+            index = index.expand(batch).clone()
+        if speaker_mask is None:
+            speaker_mask = torch.ones(batch, device=device)
+        return cls(speaker_face, speaker_audio, past, index, speaker_mask)
+
+    @property
+    def batch_size(self) -> int:
+        return self.speaker_face.shape[0]
+
+    def _map(self, fn: Any) -> Conditions:
+        return Conditions(*(fn(getattr(self, f.name)) for f in fields(self)))
+
+    def drop_speaker(self) -> Conditions:
+        """The same batch with every row's speaker conditions dropped (``speaker_mask = 0``)."""
+        return replace(self, speaker_mask=torch.zeros_like(self.speaker_mask))
+
+    def with_speaker_mask(self, mask: Tensor) -> Conditions:
+        """The same batch with ``speaker_mask`` replaced by ``mask`` ``[batch]``."""
+        if mask.shape != (self.batch_size,):
+            raise ValueError(f"speaker_mask must have shape [{self.batch_size}], got {tuple(mask.shape)}")
+        return replace(self, speaker_mask=mask.to(self.speaker_mask.device))
+
+    def cat(self, other: Conditions) -> Conditions:
+        """Batch concatenation ``[self; other]``. Masks of different dtypes are concatenated as float."""
+        out = {}
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if f.name == "speaker_mask" and a.dtype != b.dtype:
+                a, b = a.float(), b.float()
+            out[f.name] = torch.cat([a, b], dim=0)
+        return Conditions(**out)
+
+    def to(self, device: torch.device | str) -> Conditions:
+        return self._map(lambda t: t.to(device))
+
+    def index(self, idx: Tensor | slice | int | list[int]) -> Conditions:
+        """Rows ``idx`` of every tensor (an int keeps the batch dimension)."""
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1)
+        return self._map(lambda t: t[idx])
+
+    def repeat_interleave(self, repeats: int) -> Conditions:
+        """Each row repeated ``repeats`` times in place: rows ``[a, a, ..., b, b, ...]`` (for M samples)."""
+        return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def validate(self, frames: int, coeff_dim: int, audio_dim: int) -> None:
+        """Raise ``ValueError`` naming the field whose shape does not fit the network."""
+        b = self.batch_size
+        expected = {
+            "speaker_face": (b, frames, coeff_dim),
+            "speaker_audio": (b, frames, audio_dim),
+            "past": (b, frames, coeff_dim),
+            "frame_index": (b,),
+            "speaker_mask": (b,),
+        }
+        for name, shape in expected.items():
+            got = tuple(getattr(self, name).shape)
+            if got != shape:
+                raise ValueError(f"Conditions.{name} has shape {got}, expected {shape}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NetworkConfig:
+    """Hyperparameters of :class:`ReactionUNet`.
+
+    ``channel_mults`` gives one U-Net level per entry (level ``l`` runs at ``frames / 2**l`` frames and
+    ``channels * channel_mults[l]`` channels); ``attn_levels`` are the decoder levels with cross-attention
+    (the coarsest level's attention sits in the middle block). The ``use_*`` switches are the ablations.
+    """
+
+    frames: int = 16
+    coeff_dim: int = N_COEFFS
+    audio_dim: int = 768
+    channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2)
+    res_blocks: int = 1
+    attn_levels: tuple[int, ...] = (0, 1)
+    attn_heads: int = 2
+    emb_dim: int = 64
+    lstm_hidden: int = 32
+    dropout: float = 0.0
+    norm_groups: int = 8
+    use_frame_index: bool = True
+    use_speaker_face: bool = True
+    use_speaker_audio: bool = True
+    fourier_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        # Configs round-trip through YAML/JSON, which turn tuples into lists.
+        self.channel_mults = tuple(int(m) for m in self.channel_mults)
+        self.attn_levels = tuple(sorted({int(a) for a in self.attn_levels}))
+        levels = len(self.channel_mults)
+        if levels < 1:
+            raise ValueError("channel_mults needs at least one level")
+        factor = 2 ** (levels - 1)
+        if self.frames % factor:
+            raise ValueError(
+                f"frames={self.frames} is not divisible by 2**(levels-1)={factor}: each of the "
+                f"{levels - 1} downsampling steps halves the window; use fewer channel_mults or another w"
+            )
+        bad = [a for a in self.attn_levels if not 0 <= a < levels]
+        if bad:
+            raise ValueError(f"attn_levels {bad} outside the {levels} levels 0..{levels - 1}")
+        for mult in self.channel_mults:
+            width = self.channels * mult
+            if width % self.norm_groups:
+                raise ValueError(f"channel width {width} is not divisible by norm_groups={self.norm_groups}")
+            if width % self.attn_heads:
+                raise ValueError(f"channel width {width} is not divisible by attn_heads={self.attn_heads}")
+        if self.emb_dim % 2 or self.channels % 2:
+            raise ValueError("emb_dim and channels must be even (sinusoidal/Fourier features come in pairs)")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["channel_mults"] = list(self.channel_mults)
+        d["attn_levels"] = list(self.attn_levels)
+        return d
+
+    @property
+    def uses_speaker(self) -> bool:
+        return self.use_speaker_face or self.use_speaker_audio
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~0.28M parameters; a batch-20 forward takes a few milliseconds on 2 CPU cores, so M=10 samples of
+    # one window at 50 steps fit the online budget, and it learns something useful in minutes.
+    "demo": dict(
+        channels=32,
+        channel_mults=(1, 2),
+        res_blocks=1,
+        attn_levels=(0, 1),
+        attn_heads=2,
+        emb_dim=64,
+        lstm_hidden=32,
+        dropout=0.0,
+        norm_groups=8,
+    ),
+    # 85.4M parameters with 768-dim wav2vec2 audio features (paper Table 16: 83.95M).
+    "paper": dict(
+        channels=256,
+        channel_mults=(1, 2, 4),
+        res_blocks=2,
+        attn_levels=(0, 1, 2),
+        attn_heads=8,
+        emb_dim=1024,
+        lstm_hidden=256,
+        dropout=0.1,
+        norm_groups=32,
+    ),
+}
+
+
+def network_config(preset: str, **overrides: Any) -> NetworkConfig:
+    """The named preset with ``overrides`` applied (unknown keys are an error)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown network preset {preset!r}; choose one of {sorted(PRESETS)}")
+    known = {f.name for f in fields(NetworkConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown NetworkConfig field(s) {unknown}; known: {sorted(known)}")
+    return NetworkConfig(**{**PRESETS[preset], **overrides})
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------
+
+
+def _sinusoidal(values: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Transformer sinusoidal features of ``values`` ``[batch]`` -> ``[batch, dim]``."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=values.device, dtype=torch.float32) / half
+    )
+    args = values.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class _FourierFeatures(nn.Module):
+    """Random Fourier features of ``c_noise``: ``[batch] -> [batch, dim]`` (EDM / EDM2 noise embedding).
+
+    ``c_noise = log(sigma) / 4`` spans about [-1.2, 1.1] over the sampler's range. Frequencies are
+    Gaussian with std ``scale`` (cycles per unit of ``c_noise``): the default 1 (EDM2's bandwidth) keeps
+    the embedding smooth in ``sigma``, so what is learnt at one noise level carries to its neighbours;
+    EDM's NCSN++ used 16, which a small model trained briefly generalises poorly across. The frequencies
+    are a fixed buffer drawn from a private generator, so building a model leaves the global RNG alone.
+    """
+
+    def __init__(self, dim: int, scale: float) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.register_buffer("freqs", torch.randn(dim // 2, generator=gen) * scale)
+
+    def forward(self, c_noise: Tensor) -> Tensor:
+        args = (2 * math.pi) * c_noise.float()[:, None] * self.freqs[None]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+def _frame_group_norm(x: Tensor, groups: int, eps: float = 1e-5) -> Tensor:
+    """Group normalisation of ``[batch, channels, frames]`` with statistics per frame.
+
+    Each frame's channel groups are normalised on their own, so no frame's output depends on another
+    frame: the normalisation is causal (a standard GroupNorm pools statistics over all frames).
+    """
+    b, c, t = x.shape
+    xg = x.view(b, groups, c // groups, t)
+    mean = xg.mean(dim=2, keepdim=True)
+    var = (xg - mean).pow(2).mean(dim=2, keepdim=True)
+    return ((xg - mean) * torch.rsqrt(var + eps)).view(b, c, t)
+
+
+class _FrameNorm(nn.Module):
+    """Per-frame group norm with a learned affine: ``[batch, channels, frames]``."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+        self.weight = nn.Parameter(torch.ones(channels, 1))
+        self.bias = nn.Parameter(torch.zeros(channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _frame_group_norm(x, self.groups) * self.weight + self.bias
+
+
+class _TimeConv(nn.Conv1d):
+    """Kernel-3 conv over frames: symmetric (``same`` padding) or causal (left padding only)."""
+
+    def __init__(self, cin: int, cout: int, causal: bool, kernel: int = 3) -> None:
+        super().__init__(cin, cout, kernel, padding=0)
+        self.causal = causal
+        self.pad = (kernel - 1, 0) if causal else ((kernel - 1) // 2, kernel // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.pad(x, self.pad))
+
+
+class _ResBlock(nn.Module):
+    """Residual block with adaptive group normalisation (appendix A.1, Fig. 7a).
+
+    ``out = skip(x) + conv2(dropout(silu(AdaGN(conv1(silu(norm(x))), emb))))`` where
+    ``AdaGN(h, emb) = norm(h) * (1 + scale(emb)) + shift(emb)``. ``x``: ``[batch, cin, frames]``.
+    """
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, groups: int, dropout: float, causal: bool) -> None:
+        super().__init__()
+        self.groups = groups
+        self.norm1 = _FrameNorm(cin, groups)
+        self.conv1 = _TimeConv(cin, cout, causal)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = _TimeConv(cout, cout, causal)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(emb)[:, :, None].chunk(2, dim=1)
+        h = _frame_group_norm(h, self.groups) * (1 + scale) + shift
+        h = self.conv2(self.drop(F.silu(h)))
+        return self.skip(x) + h
+
+
+class _CrossAttention(nn.Module):
+    """Listener frames (queries) attend to speaker tokens (keys/values) with a causal mask (Fig. 7b).
+
+    At level ``l`` query frame ``j`` may see the null token and speaker frames ``s <= j * 2**l``; rows
+    whose speaker is dropped see the null token only. ``h``: ``[batch, channels, frames_l]``; ``tokens``:
+    ``[batch, 1 + w, token_dim]`` with the null token first.
+    """
+
+    def __init__(self, channels: int, token_dim: int, heads: int, groups: int, frames: int, level: int):
+        super().__init__()
+        self.heads = heads
+        self.groups = groups
+        self.frames_l = frames >> level
+        self.query_pos = nn.Parameter(torch.zeros(channels, self.frames_l))
+        self.norm = _FrameNorm(channels, groups)
+        self.q = nn.Conv1d(channels, channels, 1)
+        self.kv = nn.Linear(token_dim, 2 * channels)
+        self.out = nn.Conv1d(channels, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        starts = torch.arange(self.frames_l)[:, None] * (1 << level)
+        causal = torch.arange(frames)[None, :] <= starts  # [frames_l, w]
+        self.register_buffer("causal", causal, persistent=False)
+
+    def forward(self, h: Tensor, tokens: Tensor, keep: Tensor) -> Tensor:
+        b, c, t = h.shape
+        heads, dh = self.heads, c // self.heads
+        q = self.q(self.norm(h) + self.query_pos).view(b, heads, dh, t).transpose(2, 3)  # [b, H, t, dh]
+        k, v = self.kv(tokens).view(b, -1, 2, heads, dh).permute(2, 0, 3, 1, 4)  # each [b, H, 1+w, dh]
+        mask = None  # without speaker tokens only the always-visible null token is left
+        if tokens.shape[1] > 1:
+            speaker = self.causal[None] & keep[:, None, None]  # [b, t, w]
+            null = torch.ones(b, t, 1, dtype=torch.bool, device=h.device)
+            mask = torch.cat([null, speaker], dim=2)[:, None]  # [b, 1, t, 1+w]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [b, H, t, dh]
+        return h + self.out(out.transpose(2, 3).reshape(b, c, t))
+
+
+class _SpeakerTokens(nn.Module):
+    """Speaker face + audio -> keys/values tokens ``[batch, 1 + w, dim]``, the learned null token first.
+
+    Per-frame projections of face and audio are summed with a learned position embedding, then one
+    causal temporal conv (left padding) lets a token carry the speaker's recent motion; token ``s``
+    depends on speaker frames ``<= s`` only, which the attention mask relies on.
+    """
+
+    def __init__(self, cfg: NetworkConfig, dim: int) -> None:
+        super().__init__()
+        self.use_face, self.use_audio = cfg.use_speaker_face, cfg.use_speaker_audio
+        self.face = nn.Linear(cfg.coeff_dim, dim) if self.use_face else None
+        self.audio = nn.Linear(cfg.audio_dim, dim) if self.use_audio else None
+        self.null = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        if cfg.uses_speaker:  # no unused parameters in the speaker-free ablation (DDP would complain)
+            self.pos = nn.Parameter(torch.randn(dim, cfg.frames) * 0.02)
+            self.mix = _TimeConv(dim, dim, causal=True)
+            self.norm = nn.LayerNorm(dim)
+
+    def forward(self, cond: Conditions, keep: Tensor) -> Tensor:
+        b = cond.batch_size
+        null = self.null.expand(b, 1, -1)
+        if self.face is None and self.audio is None:
+            return null
+        # Dropped rows get exact zeros (torch.where, not a product, so even non-finite padding cannot
+        # leak); their tokens are also masked out of attention, so the null token is all they see.
+        row = keep[:, None, None]
+        tok = self.pos.T[None].expand(b, -1, -1)
+        if self.face is not None:
+            face = torch.where(row, cond.speaker_face, torch.zeros((), device=row.device))
+            tok = tok + self.face(face)
+        if self.audio is not None:
+            audio = torch.where(row, cond.speaker_audio, torch.zeros((), device=row.device))
+            tok = tok + self.audio(audio)
+        tok = tok + self.mix(F.silu(tok).transpose(1, 2)).transpose(1, 2)
+        return torch.cat([null, self.norm(tok)], dim=1)
+
+
+class _PastState(nn.Module):
+    """Initial LSTM state ``(h0, c0)`` ``[1, batch, hidden]`` from the previous listener window.
+
+    The paper initialises the LSTMs' hidden state with the past listener frame (A.1). The map reads the
+    past window's last frame (the anchor of the frame-to-frame step into the current window) and its
+    mean (the level against which the window-level velocity ``(x_i - x_{i-w}) / w`` is measured: its
+    average over ``i`` is ``(mean(current) - mean(past)) / w``).
+    """
+
+    def __init__(self, coeff_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(2 * coeff_dim, 2 * hidden)
+
+    def forward(self, past: Tensor) -> tuple[Tensor, Tensor]:
+        summary = torch.cat([past[:, -1], past.mean(dim=1)], dim=1)
+        h0, c0 = self.proj(summary).chunk(2, dim=1)
+        # An LSTM's hidden state is o * tanh(c), so it lives in (-1, 1); the cell state is unbounded.
+        return torch.tanh(h0)[None].contiguous(), c0[None].contiguous()
+
+
+# --------------------------------------------------------------------------------------------------
+# Network
+# --------------------------------------------------------------------------------------------------
+
+
+class ReactionUNet(nn.Module):
+    """Raw ReactDiff network ``F``: ``forward(x_in [B, w, 58], c_noise [B], cond) -> [B, w, 58]``.
+
+    ``x_in`` is the preconditioned input ``c_in * x``; see the module docstring for the structure and the
+    speaker-causality argument.
+    """
+
+    def __init__(self, cfg: NetworkConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        ch, emb_dim, groups = cfg.channels, cfg.emb_dim, cfg.norm_groups
+        widths = [ch * m for m in cfg.channel_mults]
+        levels = len(widths)
+
+        self.noise_fourier = _FourierFeatures(ch, cfg.fourier_scale)
+        self.noise_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.frame_mlp = (
+            nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            if cfg.use_frame_index
+            else None
+        )
+
+        self.in_state = _PastState(cfg.coeff_dim, cfg.lstm_hidden)
+        self.in_lstm = nn.LSTM(cfg.coeff_dim, cfg.lstm_hidden, batch_first=True)
+        self.conv_in = _TimeConv(cfg.coeff_dim + cfg.lstm_hidden, widths[0], causal=False)
+        # Without any cross-attention level nothing would read the speaker tokens.
+        self.tokens = _SpeakerTokens(cfg, ch) if cfg.attn_levels else None
+
+        def block(cin: int, cout: int, causal: bool) -> _ResBlock:
+            return _ResBlock(cin, cout, emb_dim, groups, cfg.dropout, causal)
+
+        def attention(level: int) -> _CrossAttention:
+            return _CrossAttention(widths[level], ch, cfg.attn_heads, groups, cfg.frames, level)
+
+        # Encoder: speaker-free, symmetric in time.
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        cur = widths[0]
+        for level, width in enumerate(widths):
+            blocks = nn.ModuleList()
+            for _ in range(cfg.res_blocks):
+                blocks.append(block(cur, width, causal=False))
+                cur = width
+            self.down.append(blocks)
+            if level < levels - 1:
+                self.downsample.append(nn.Conv1d(cur, cur, 3, stride=2, padding=1))
+
+        # Middle and decoder: everything after the first cross-attention is causal in time.
+        self.mid1 = block(cur, cur, causal=False)
+        self.mid_attn = attention(levels - 1) if levels - 1 in cfg.attn_levels else None
+        speaker_in = self.mid_attn is not None
+        self.mid2 = block(cur, cur, causal=speaker_in)
+
+        self.up = nn.ModuleList()
+        self.up_attn = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for level in reversed(range(levels)):
+            width = widths[level]
+            blocks, attns = nn.ModuleList(), nn.ModuleList()
+            cin = cur + width  # the level's skip connection is concatenated first
+            for _ in range(cfg.res_blocks):
+                blocks.append(block(cin, width, causal=speaker_in))
+                cin = width
+                # The coarsest level's attention lives in the middle block already.
+                if level in cfg.attn_levels and level != levels - 1:
+                    attns.append(attention(level))
+                    speaker_in = True
+                else:
+                    attns.append(nn.Identity())
+            cur = width
+            self.up.append(blocks)
+            self.up_attn.append(attns)
+            if level > 0:
+                self.upsample.append(_TimeConv(cur, cur, causal=speaker_in))
+
+        self.out_norm = _FrameNorm(cur, groups)
+        self.out_state = _PastState(cfg.coeff_dim, cfg.lstm_hidden)
+        self.out_lstm = nn.LSTM(cur, cfg.lstm_hidden, batch_first=True)
+        self.head = nn.Linear(cur + cfg.lstm_hidden, cfg.coeff_dim)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def embedding(self, c_noise: Tensor, frame_index: Tensor) -> Tensor:
+        """Block conditioning ``[batch, emb_dim]`` from ``c_noise`` ``[batch]`` and ``h`` ``[batch]``."""
+        emb = self.noise_mlp(self.noise_fourier(c_noise))
+        if self.frame_mlp is not None:
+            emb = emb + self.frame_mlp(_sinusoidal(frame_index, self.config.channels))
+        return F.silu(emb)
+
+    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Conditions) -> Tensor:
+        cfg = self.config
+        if x_in.ndim != 3 or x_in.shape[1:] != (cfg.frames, cfg.coeff_dim):
+            raise ValueError(f"x must be [batch, {cfg.frames}, {cfg.coeff_dim}], got {tuple(x_in.shape)}")
+        b = x_in.shape[0]
+        if cond.batch_size != b:
+            raise ValueError(f"conditions have batch {cond.batch_size}, x has {b}")
+        cond.validate(cfg.frames, cfg.coeff_dim, cfg.audio_dim)
+        c_noise = c_noise.reshape(-1).expand(b) if c_noise.numel() == 1 else c_noise.reshape(b)
+
+        emb = self.embedding(c_noise, cond.frame_index)
+        keep = cond.speaker_mask.to(torch.bool)
+        if not cfg.uses_speaker:
+            keep = torch.zeros_like(keep)
+        tokens = self.tokens(cond, keep) if self.tokens is not None else None
+
+        seq, _ = self.in_lstm(x_in, self.in_state(cond.past))  # [b, w, hidden]
+        h = self.conv_in(torch.cat([x_in, seq], dim=2).transpose(1, 2))  # [b, C, w]
+
+        skips = []
+        for level, blocks in enumerate(self.down):
+            for blk in blocks:
+                h = blk(h, emb)
+            skips.append(h)
+            if level < len(self.downsample):
+                h = self.downsample[level](h)
+
+        h = self.mid1(h, emb)
+        if self.mid_attn is not None:
+            h = self.mid_attn(h, tokens, keep)
+        h = self.mid2(h, emb)
+
+        for i, (blocks, attns) in enumerate(zip(self.up, self.up_attn, strict=True)):
+            h = torch.cat([h, skips.pop()], dim=1)
+            for blk, attn in zip(blocks, attns, strict=True):
+                h = blk(h, emb)
+                if not isinstance(attn, nn.Identity):
+                    h = attn(h, tokens, keep)
+            if i < len(self.upsample):
+                # Nearest upsampling hands a coarse frame to the fine frames of its own span only.
+                h = self.upsample[i](h.repeat_interleave(2, dim=2))
+
+        h = F.silu(self.out_norm(h)).transpose(1, 2)  # [b, w, C]
+        seq, _ = self.out_lstm(h, self.out_state(cond.past))
+        return self.head(torch.cat([h, seq], dim=2))
+
+
+# --------------------------------------------------------------------------------------------------
+# EDM denoiser
+# --------------------------------------------------------------------------------------------------
+
+
+class Denoiser(nn.Module):
+    """EDM-preconditioned denoiser ``D(x, sigma, cond) = c_skip x + c_out F(c_in x, c_noise, cond)``.
+
+    With ``s = sigma_data``: ``c_skip = s^2 / (sigma^2 + s^2)``, ``c_out = sigma s / sqrt(sigma^2 + s^2)``,
+    ``c_in = 1 / sqrt(sigma^2 + s^2)``, ``c_noise = log(sigma) / 4`` (Karras et al. 2022, Table 1).
+    """
+
+    def __init__(self, network: ReactionUNet, sigma_data: float = SIGMA_DATA) -> None:
+        super().__init__()
+        self.network = network
+        self.sigma_data = float(sigma_data)
+
+    @property
+    def config(self) -> NetworkConfig:
+        return self.network.config
+
+    def precondition(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(c_skip, c_out, c_in, c_noise)``, each shaped like ``sigma``."""
+        sd2 = self.sigma_data**2
+        total = sigma**2 + sd2
+        c_skip = sd2 / total
+        c_out = sigma * self.sigma_data * torch.rsqrt(total)
+        c_in = torch.rsqrt(total)
+        # sigma = 0 (the end of a sampling schedule) has c_out = 0 and D = x; clamping keeps F finite
+        # there so that 0 * F does not become NaN.
+        c_noise = torch.log(sigma.clamp_min(1e-20)) / 4
+        return c_skip, c_out, c_in, c_noise
+
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: Conditions) -> Tensor:
+        """x0 estimate ``[batch, w, 58]`` of noised ``x`` ``[batch, w, 58]`` at noise level ``sigma``.
+
+        ``sigma`` is ``[batch]`` or a scalar (same level for every row).
+        """
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
+        if sigma.numel() == 1:
+            sigma = sigma.expand(x.shape[0])
+        c_skip, c_out, c_in, c_noise = (c[:, None, None] for c in self.precondition(sigma))
+        out = self.network(x * c_in, c_noise.reshape(-1), cond)
+        return c_skip * x + c_out * out.to(x.dtype)
+
+
+def build_denoiser(preset: str, audio_dim: int, **overrides: Any) -> Denoiser:
+    """A fresh :class:`Denoiser` around a :class:`ReactionUNet` of the named preset."""
+    return Denoiser(ReactionUNet(network_config(preset, audio_dim=audio_dim, **overrides)))
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,398 @@
+"""ReactDiff network and EDM denoiser: shapes, preconditioning, speaker causality, conditioning, training."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from reactdiff.losses import LossConfig, dm_loss, training_loss
+from reactdiff.model import (
+    PRESETS,
+    Conditions,
+    Denoiser,
+    NetworkConfig,
+    build_denoiser,
+    count_parameters,
+    network_config,
+)
+
+AUDIO = 12
+W = 16
+
+
+def make_cond(batch: int, seed: int = 0, audio_dim: int = AUDIO, frame_index: int = 40) -> Conditions:
+    g = torch.Generator().manual_seed(seed)
+    return Conditions.create(
+        speaker_face=torch.randn(batch, W, 58, generator=g),
+        speaker_audio=torch.randn(batch, W, audio_dim, generator=g),
+        past=torch.randn(batch, W, 58, generator=g),
+        frame_index=torch.full((batch,), frame_index, dtype=torch.long),
+    )
+
+
+def scramble(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights everywhere, including the zero-initialised output layers.
+
+    A fresh network outputs exactly 0 (zero-initialised head, attention outputs and second convs), which
+    would make every dependence test vacuous; after this every input path carries signal.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return module
+
+
+def demo(**overrides: object) -> Denoiser:
+    torch.manual_seed(0)
+    return scramble(build_denoiser("demo", AUDIO, **overrides)).eval()
+
+
+def with_speaker(cond: Conditions, face: torch.Tensor, audio: torch.Tensor) -> Conditions:
+    return Conditions(face, audio, cond.past, cond.frame_index, cond.speaker_mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shapes, presets, configuration
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [1, 3, 200])
+def test_demo_shapes(batch: int) -> None:
+    d = demo()
+    x = torch.randn(batch, W, 58)
+    with torch.no_grad():
+        out = d(x, torch.full((batch,), 1.3), make_cond(batch))
+        raw = d.network(x, torch.zeros(batch), make_cond(batch))
+    assert out.shape == (batch, W, 58) and raw.shape == (batch, W, 58)
+    assert torch.isfinite(out).all()
+
+
+def test_demo_parameter_count() -> None:
+    n = count_parameters(build_denoiser("demo", AUDIO))
+    print(f"demo preset: {n:,} parameters (audio_dim={AUDIO})")
+    assert 50_000 < n < 1_000_000
+
+
+def test_paper_preset_size_and_forward() -> None:
+    torch.manual_seed(0)
+    d = build_denoiser("paper", 768)
+    n = count_parameters(d)
+    print(f"paper preset: {n / 1e6:.2f}M parameters (paper Table 16: 83.95M)")
+    assert 80e6 <= n <= 88e6
+    with torch.no_grad():
+        out = d(torch.randn(2, W, 58), torch.tensor([0.3, 20.0]), make_cond(2, audio_dim=768))
+    assert out.shape == (2, W, 58) and torch.isfinite(out).all()
+
+
+def test_config_validation_and_round_trip() -> None:
+    with pytest.raises(ValueError, match="not divisible by 2\\*\\*\\(levels-1\\)"):
+        NetworkConfig(frames=18, channel_mults=(1, 2, 4))
+    with pytest.raises(ValueError, match="unknown NetworkConfig field"):
+        network_config("demo", chanels=8)
+    with pytest.raises(ValueError, match="unknown network preset"):
+        network_config("huge")
+    with pytest.raises(ValueError, match="attn_levels"):
+        NetworkConfig(channel_mults=(1, 2), attn_levels=(2,))
+    cfg = network_config("demo", audio_dim=AUDIO, use_frame_index=False)
+    assert NetworkConfig(**cfg.to_dict()) == cfg  # lists from YAML/JSON come back as tuples
+    assert set(PRESETS) >= {"demo", "paper"}
+
+
+def test_wrong_condition_shape_is_a_clear_error() -> None:
+    d = demo()
+    cond = make_cond(2)
+    bad = Conditions(
+        cond.speaker_face, cond.speaker_audio[:, :, :5], cond.past, cond.frame_index, cond.speaker_mask
+    )
+    with pytest.raises(ValueError, match="speaker_audio has shape"):
+        d(torch.randn(2, W, 58), torch.ones(2), bad)
+
+
+def test_conditions_helpers() -> None:
+    a, b = make_cond(2, seed=1), make_cond(3, seed=2)
+    both = a.cat(b.drop_speaker())
+    assert both.batch_size == 5
+    assert both.speaker_mask.tolist() == [1, 1, 0, 0, 0]
+    assert torch.equal(both.index(slice(2, 5)).past, b.past)
+    rep = a.repeat_interleave(3)
+    assert rep.batch_size == 6 and torch.equal(rep.speaker_face[3], a.speaker_face[1])
+    assert torch.equal(a.index(1).frame_index, a.frame_index[1:2])
+    assert a.to("cpu").speaker_face.device.type == "cpu"
+    mixed = a.cat(b.with_speaker_mask(torch.zeros(3, dtype=torch.bool)))
+    assert mixed.speaker_mask.dtype == torch.float32 and mixed.speaker_mask.tolist() == [1, 1, 0, 0, 0]
+
+
+# --------------------------------------------------------------------------------------------------
+# EDM preconditioning
+# --------------------------------------------------------------------------------------------------
+
+
+class _Probe(nn.Module):
+    """Stand-in network ``F(x_in, c_noise) = 3 x_in + c_noise`` that records its inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = NetworkConfig()
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, cond: object) -> torch.Tensor:
+        self.seen.append((x_in, c_noise))
+        return 3 * x_in + c_noise[:, None, None]
+
+
+@pytest.mark.parametrize(
+    "sigma, c_skip, c_out, c_in, c_noise",
+    [
+        # sigma^2 + 0.25 = 0.5: c_skip = 0.25/0.5, c_out = 0.25/sqrt(0.5), c_in = 1/sqrt(0.5), ln(0.5)/4
+        (0.5, 0.5, 0.3535533906, 1.4142135624, -0.1732867951),
+        # sigma^2 + 0.25 = 4.25
+        (2.0, 0.0588235294, 0.4850712501, 0.4850712501, 0.1732867951),
+        (0.01, 0.9996001599, 0.0099980006, 1.9996001200, -1.1512925465),
+    ],
+)
+def test_edm_coefficients(sigma: float, c_skip: float, c_out: float, c_in: float, c_noise: float) -> None:
+    d = Denoiser(_Probe())
+    got = d.precondition(torch.tensor([sigma], dtype=torch.float64))
+    for value, want in zip(got, (c_skip, c_out, c_in, c_noise), strict=True):
+        assert value.item() == pytest.approx(want, rel=1e-8)
+
+
+def test_denoiser_composes_preconditioning() -> None:
+    probe = _Probe()
+    d = Denoiser(probe)
+    x = torch.randn(2, W, 58, dtype=torch.float64)
+    sigma = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    out = d(x, sigma, None)
+    c_skip, c_out, c_in, c_noise = (c[:, None, None] for c in d.precondition(sigma))
+    torch.testing.assert_close(probe.seen[0][0], c_in * x)
+    torch.testing.assert_close(probe.seen[0][1], torch.log(sigma) / 4)
+    torch.testing.assert_close(out, c_skip * x + c_out * (3 * c_in * x + c_noise))
+    # A scalar sigma applies to every row; sigma = 0 returns x itself (c_skip = 1, c_out = 0).
+    torch.testing.assert_close(d(x, 0.5, None)[0], out[0])
+    assert torch.equal(d(x, 0.0, None), x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Speaker conditioning: causality and dropping
+# --------------------------------------------------------------------------------------------------
+
+THREE_LEVELS = dict(channel_mults=(1, 2, 2), res_blocks=2, attn_levels=(0, 1, 2))
+
+
+@pytest.mark.parametrize("overrides", [{}, THREE_LEVELS], ids=["demo", "three-levels"])
+def test_speaker_causality_is_exact(overrides: dict) -> None:
+    d = demo(**overrides)
+    cond = make_cond(3)
+    x, sigma = torch.randn(3, W, 58), torch.tensor([0.1, 1.0, 10.0])
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        base = d(x, sigma, cond)
+        for t in (0, 3, 7, 8, 12, 14):
+            face, audio = cond.speaker_face.clone(), cond.speaker_audio.clone()
+            face[:, t + 1 :] += 5 * torch.randn(face[:, t + 1 :].shape, generator=g)
+            audio[:, t + 1 :] += 5 * torch.randn(audio[:, t + 1 :].shape, generator=g)
+            out = d(x, sigma, with_speaker(cond, face, audio))
+            past_frames = (out - base)[:, : t + 1].abs().max().item()
+            future_frames = (out - base)[:, t + 1 :].abs().max().item()
+            assert past_frames <= 1e-6, f"speaker frames > {t} changed output frames <= {t}"
+            assert future_frames > 1e-3, "the perturbation should reach the later frames"
+            # Non-vacuous: the speaker at frame t itself does move the output at frame t.
+            face_t = cond.speaker_face.clone()
+            face_t[:, t] += 3.0
+            moved = (d(x, sigma, with_speaker(cond, face_t, cond.speaker_audio)) - base)[:, t]
+            assert moved.abs().max().item() > 1e-3
+
+
+def test_dropped_speaker_output_ignores_speaker_inputs() -> None:
+    d = demo()
+    cond = make_cond(4)
+    x, sigma = torch.randn(4, W, 58), torch.full((4,), 0.8)
+    mask = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    cond = cond.with_speaker_mask(mask)
+    other = with_speaker(cond, torch.randn(4, W, 58) * 7, torch.full((4, W, AUDIO), float("nan")))
+    other_keep = with_speaker(cond, torch.randn(4, W, 58) * 7, torch.randn(4, W, AUDIO) * 7)
+    with torch.no_grad():
+        base = d(x, sigma, cond)
+        out = d(x, sigma, other)
+        out_keep = d(x, sigma, other_keep)
+        all_dropped = d(x, sigma, cond.drop_speaker())
+        all_dropped_other = d(x, sigma, other.drop_speaker())
+    # Dropped rows are bit-identical even when the speaker inputs are NaN; kept rows do change.
+    assert torch.equal(out[1::2], base[1::2])
+    assert torch.isfinite(out[1::2]).all()
+    assert (out_keep[0::2] - base[0::2]).abs().max() > 1e-3
+    assert torch.equal(all_dropped, all_dropped_other)
+    assert torch.equal(all_dropped[1::2], base[1::2])
+
+
+@pytest.mark.parametrize(
+    "switches, face_matters, audio_matters",
+    [
+        (dict(use_speaker_face=False), False, True),
+        (dict(use_speaker_audio=False), True, False),
+        (dict(use_speaker_face=False, use_speaker_audio=False), False, False),
+    ],
+)
+def test_speaker_ablation_switches(switches: dict, face_matters: bool, audio_matters: bool) -> None:
+    d = demo(**switches)
+    cond = make_cond(2)
+    x, sigma = torch.randn(2, W, 58), torch.ones(2)
+    with torch.no_grad():
+        base = d(x, sigma, cond)
+        face = d(x, sigma, with_speaker(cond, cond.speaker_face + 3, cond.speaker_audio))
+        audio = d(x, sigma, with_speaker(cond, cond.speaker_face, cond.speaker_audio + 3))
+    assert (not torch.equal(face, base)) == face_matters
+    assert (not torch.equal(audio, base)) == audio_matters
+
+
+# --------------------------------------------------------------------------------------------------
+# Other conditions
+# --------------------------------------------------------------------------------------------------
+
+
+def test_frame_index_switch() -> None:
+    x, sigma = torch.randn(2, W, 58), torch.ones(2)
+    for use, depends in [(False, False), (True, True)]:
+        d = demo(use_frame_index=use)
+        with torch.no_grad():
+            a = d(x, sigma, make_cond(2, frame_index=15))
+            b = d(x, sigma, make_cond(2, frame_index=500))
+        assert (not torch.equal(a, b)) == depends
+        if depends:
+            assert (a - b).abs().max() > 1e-3
+
+
+def test_past_window_changes_output() -> None:
+    d = demo()
+    cond = make_cond(2)
+    x, sigma = torch.randn(2, W, 58), torch.ones(2)
+    other = Conditions(
+        cond.speaker_face, cond.speaker_audio, cond.past + 1, cond.frame_index, cond.speaker_mask
+    )
+    with torch.no_grad():
+        assert (d(x, sigma, cond) - d(x, sigma, other)).abs().max() > 1e-3
+
+
+def test_rows_are_independent_and_deterministic() -> None:
+    d = demo()
+    cond = make_cond(5)
+    x, sigma = torch.randn(5, W, 58), torch.linspace(0.05, 30, 5)
+    with torch.no_grad():
+        full = d(x, sigma, cond)
+        single = torch.cat([d(x[i : i + 1], sigma[i : i + 1], cond.index(i)) for i in range(5)])
+    torch.testing.assert_close(full, single, atol=1e-5, rtol=1e-5)
+    # The same seed builds the same model, which gives the same output.
+    torch.manual_seed(3)
+    a = build_denoiser("demo", AUDIO)
+    torch.manual_seed(3)
+    b = build_denoiser("demo", AUDIO)
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb)
+    scramble(a, 1), scramble(b, 1)
+    with torch.no_grad():
+        assert torch.equal(a.eval()(x, sigma, cond), b.eval()(x, sigma, cond))
+
+
+def test_fresh_network_starts_at_the_skip_path() -> None:
+    # Zero-initialised head: F = 0, so D = c_skip x before training (the EDM starting point).
+    d = build_denoiser("demo", AUDIO)
+    x, sigma = torch.randn(2, W, 58), torch.tensor([0.5, 2.0])
+    c_skip = d.precondition(sigma)[0][:, None, None]
+    with torch.no_grad():
+        torch.testing.assert_close(d(x, sigma, make_cond(2)), c_skip * x)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        dict(use_frame_index=False),
+        dict(use_speaker_face=False, use_speaker_audio=False),
+        dict(attn_levels=()),
+    ],
+    ids=["demo", "no-frame-index", "no-speaker", "no-attention"],
+)
+def test_every_parameter_is_used(overrides: dict) -> None:
+    # Distributed data parallel training fails on parameters that never receive a gradient.
+    d = demo(**overrides).train()
+    out = d(torch.randn(3, W, 58), torch.tensor([0.1, 1.0, 10.0]), make_cond(3))
+    out.square().mean().backward()
+    unused = [name for name, p in d.named_parameters() if p.grad is None]
+    assert unused == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_forward_backward() -> None:
+    d = demo().cuda().train()
+    cond = make_cond(64).to("cuda")
+    out = training_loss(d, torch.randn(64, W, 58, device="cuda"), cond, LossConfig())
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    assert all(p.grad is not None for p in d.parameters())
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+
+
+def test_overfits_a_tiny_set() -> None:
+    """Eight windows, 200 Adam steps of the full eq.-10 loss.
+
+    At high noise ``x`` says almost nothing about ``x0``, so the fresh model's error there is the full
+    signal energy and the only way down is to recognise each window from its conditions (past window,
+    frame index, speaker) and memorise it: that error must fall more than 5x. At low noise EDM's
+    weighting makes the untrained ``D = x`` already score about 1 (error ~ sigma^2), and learning to beat
+    it takes thousands of steps, so the total training loss falls less; it must still fall clearly.
+    """
+    torch.manual_seed(0)
+    n = 8
+    t = torch.arange(W, dtype=torch.float32) / W
+    freq = torch.rand(n, 1, 58) * 2 + 0.25
+    phase = torch.rand(n, 1, 58) * 2 * math.pi
+    x0 = 0.5 * torch.sin(2 * math.pi * freq * t[None, :, None] + phase)
+    past = 0.5 * torch.sin(2 * math.pi * freq * (t[None, :, None] - 1) + phase)
+    cond = Conditions.create(torch.randn(n, W, 58), torch.randn(n, W, AUDIO), past, torch.arange(n) * 16 + 31)
+    d = build_denoiser("demo", AUDIO)
+    cfg = LossConfig()
+
+    def high_noise_error() -> float:
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(7)
+            errs = []
+            for s in (10.0, 50.0):
+                sigma = torch.full((n,), s)
+                errs.append(dm_loss(d(x0 + s * torch.randn(x0.shape, generator=g), sigma, cond), x0, sigma))
+            return float(torch.stack(errs).mean())
+
+    def eval_loss() -> float:
+        reps = torch.arange(n).repeat(16)
+        with torch.no_grad():
+            return float(
+                training_loss(d, x0[reps], cond.index(reps), cfg, torch.Generator().manual_seed(11))["loss"]
+            )
+
+    d.eval()
+    before_high, before = high_noise_error(), eval_loss()
+    d.train()
+    opt = torch.optim.Adam(d.parameters(), lr=5e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(200):
+        loss = training_loss(d, x0, cond, cfg, generator=g)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    d.eval()
+    after_high, after = high_noise_error(), eval_loss()
+    print(
+        f"high-noise error {before_high:.3f} -> {after_high:.3f}; training loss {before:.3f} -> {after:.3f}"
+    )
+    assert after_high < before_high / 5
+    assert after < 0.85 * before

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+
+from reactdiff import io
+from reactdiff.corpus import Example, SplitIndex
+from reactdiff.features import (
+    EXAMPLES_FILE,
+    FRAMES_FILE,
+    ClipFeatures,
+    NormStats,
+    examples_table,
+    frames_table,
+)
+from reactdiff.windows import WindowDataset, build_split_windows, window_starts, write_split_windows
+
+A = 3  # audio feature size in these tests
+
+
+def _clip(clip_id: str, n: int, offset: float) -> ClipFeatures:
+    # Each value encodes (clip, frame, dim) so every gathered frame can be checked by hand.
+    frames = np.arange(n, dtype=np.float32)[:, None]
+    face = offset + frames + np.arange(58, dtype=np.float32)[None] / 100
+    audio = -offset - frames - np.arange(A, dtype=np.float32)[None] / 100
+    return ClipFeatures(clip_id, face, audio, np.zeros((n, 25), np.float32))
+
+
+@pytest.fixture
+def features_dir(tmp_path):
+    a, b = "S/s1/P1/1", "S/s1/P2/1"
+    c, d = "S/s2/P1/1", "S/s2/P2/1"
+    clips = [_clip(a, 40, 1000), _clip(b, 41, 2000), _clip(c, 20, 3000)]  # d was quarantined
+    examples = [
+        Example(0, a, b, "S/s1"),
+        Example(1, c, d, "S/s2"),
+        Example(2, b, a, "S/s1"),
+        Example(3, d, c, "S/s2"),
+    ]
+    index = SplitIndex(tmp_path, "train", [(a, b), (c, d)], examples, None)
+    split_dir = tmp_path / "features" / "train"
+    io.write_parquet(frames_table(clips, "test", A), split_dir / FRAMES_FILE)
+    io.write_parquet(examples_table(index, {a, b, c}, {d: "bad npy"}), split_dir / EXAMPLES_FILE)
+    return split_dir
+
+
+def test_window_starts_cover_every_frame():
+    assert window_starts(40, 16, 4).tolist() == [0, 4, 8, 12, 16, 20, 24]
+    assert window_starts(41, 16, 16).tolist() == [0, 16, 25]  # last window aligned to the end
+    assert window_starts(15, 16, 4).tolist() == []
+    for n, w, stride in [(750, 16, 16), (750, 16, 4), (100, 7, 5)]:
+        covered = np.zeros(n, bool)
+        for s in window_starts(n, w, stride):
+            covered[s : s + w] = True
+        assert covered.all()
+
+
+@pytest.mark.parametrize("initial_past", ["first_frame", "mean"])
+def test_windows_gather_the_right_frames(features_dir, tmp_path, initial_past):
+    stats = NormStats(
+        np.zeros(58, np.float32), np.ones(58, np.float32), np.zeros(A, np.float32), np.ones(A, np.float32)
+    )
+    w = 16
+    built = build_split_windows(features_dir, stats, w=w, stride=4)
+    assert built.meta["examples"] == 2  # only the (a, b) dyad is usable, in both directions
+    write_split_windows(built, tmp_path / "windows" / "train")
+    ds = WindowDataset(tmp_path / "windows" / "train", initial_past=initial_past)
+    assert not ds.listener.flags.owndata  # a view into the memory-mapped file, not a copy
+    assert len(ds) == 2 * len(window_starts(40, w, 4))
+    batch = ds.batch(np.arange(len(ds)))
+    for i in range(len(ds)):
+        h = int(batch.frame_index[i])
+        start = h - w + 1
+        speaker_offset, listener_offset = (1000, 2000) if batch.example[i] == 0 else (2000, 1000)
+        frames = np.arange(start, h + 1)
+        assert np.allclose(batch.listener[i, :, 0], listener_offset + frames)
+        assert np.allclose(batch.speaker_face[i, :, 5], speaker_offset + frames + 0.05)
+        assert np.allclose(batch.speaker_audio[i, :, 1], -speaker_offset - frames - 0.01)
+        past_frames = frames - w
+        expected_past = np.where(
+            past_frames >= 0,
+            listener_offset + past_frames,
+            listener_offset if initial_past == "first_frame" else 0.0,
+        )
+        assert np.allclose(batch.past[i, :, 0], expected_past)
+        # Causality of the training example: nothing after the window's last frame is in it.
+        assert batch.speaker_face[i, :, 0].max() <= speaker_offset + h
+
+
+def test_windows_are_normalised_with_train_stats(features_dir):
+    stats = NormStats(
+        np.full(58, 1000, np.float32),
+        np.full(58, 2, np.float32),
+        np.zeros(A, np.float32),
+        np.full(A, 4, np.float32),
+    )
+    built = build_split_windows(features_dir, stats, w=8, stride=8)
+    listener = built.sequences.column("listener").combine_chunks().flatten().to_numpy().reshape(-1, 58)
+    assert np.allclose(listener[0, 0], (2000 - 1000) / 2)  # example 0's listener is clip b, frame 0
