@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from pipelines.flows import StageTimer
+from pipelines.flows import StageTimer, worker_count
 from reactdiff import io
 from reactdiff.config import SampleCorpusConfig, load_params
 from reactdiff.synthetic import SyntheticSpec, generate_corpus, preset
@@ -26,7 +26,7 @@ def main() -> None:
     timer = StageTimer("make_sample")
     spec = spec_from_params(load_params().sample_corpus)
     with io.atomic_dir(OUT) as tmp:
-        summary = generate_corpus(tmp, spec)
+        summary = generate_corpus(tmp, spec, workers=worker_count(0), progress=True)
     timer.done(read=f"params sample_corpus ({spec})", wrote=f"{OUT}/ {summary}")
 
 

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from reactdiff import layout
 from reactdiff.corpus import ClipError, SplitIndex, read_clip
+from reactdiff.noise import SIGMA_DATA
 
 FRAMES_FILE = "frames.parquet"
 EXAMPLES_FILE = "examples.parquet"
@@ -199,7 +200,13 @@ def read_frames(path: Path) -> dict[str, ClipArrays]:
 
 @dataclass
 class NormStats:
-    """Per-dimension mean and std of the train split, for face coefficients and audio features."""
+    """Per-dimension mean and std of the train split, for face coefficients and audio features.
+
+    Face coefficients are mapped to the model's space with standard deviation ``SIGMA_DATA`` (0.5) per
+    dimension rather than 1, because the EDM preconditioning (sigma_data = 0.5, paper appendix A) assumes
+    data of that scale; the noise levels of the sampler (0.01 .. 80) are relative to it. Audio features
+    are conditions only and are standardised to unit variance.
+    """
 
     face_mean: np.ndarray  # [58]
     face_std: np.ndarray  # [58]
@@ -222,13 +229,15 @@ class NormStats:
         )
 
     def normalise_face(self, face: np.ndarray) -> np.ndarray:
-        return ((face - self.face_mean) / self.face_std).astype(np.float32)
+        """FaceVerse units ``[..., 58]`` -> model space (zero mean, std ``SIGMA_DATA`` per dimension)."""
+        return ((face - self.face_mean) / self.face_std * SIGMA_DATA).astype(np.float32)
 
     def denormalise_face(self, face):
         """Inverse of :meth:`normalise_face`; works on numpy arrays and torch tensors alike."""
+        scale = self.face_std / SIGMA_DATA
         if hasattr(face, "new_tensor"):
-            return face * face.new_tensor(self.face_std) + face.new_tensor(self.face_mean)
-        return face * self.face_std + self.face_mean
+            return face * face.new_tensor(scale) + face.new_tensor(self.face_mean)
+        return face * scale + self.face_mean
 
     def normalise_audio(self, audio: np.ndarray) -> np.ndarray:
         return ((audio - self.audio_mean) / self.audio_std).astype(np.float32)

@@ -11,6 +11,7 @@ from reactdiff.features import (
     examples_table,
     frames_table,
 )
+from reactdiff.noise import SIGMA_DATA
 from reactdiff.windows import WindowDataset, build_split_windows, window_starts, write_split_windows
 
 A = 3  # audio feature size in these tests
@@ -55,9 +56,9 @@ def test_window_starts_cover_every_frame():
 
 @pytest.mark.parametrize("initial_past", ["first_frame", "mean"])
 def test_windows_gather_the_right_frames(features_dir, tmp_path, initial_past):
-    stats = NormStats(
-        np.zeros(58, np.float32), np.ones(58, np.float32), np.zeros(A, np.float32), np.ones(A, np.float32)
-    )
+    # face std = SIGMA_DATA makes the normalisation the identity, so values can be checked by hand.
+    face_std = np.full(58, SIGMA_DATA, np.float32)
+    stats = NormStats(np.zeros(58, np.float32), face_std, np.zeros(A, np.float32), np.ones(A, np.float32))
     w = 16
     built = build_split_windows(features_dir, stats, w=w, stride=4)
     assert built.meta["examples"] == 2  # only the (a, b) dyad is usable, in both directions
@@ -94,4 +95,6 @@ def test_windows_are_normalised_with_train_stats(features_dir):
     )
     built = build_split_windows(features_dir, stats, w=8, stride=8)
     listener = built.sequences.column("listener").combine_chunks().flatten().to_numpy().reshape(-1, 58)
-    assert np.allclose(listener[0, 0], (2000 - 1000) / 2)  # example 0's listener is clip b, frame 0
+    assert np.allclose(
+        listener[0, 0], (2000 - 1000) / 2 * SIGMA_DATA
+    )  # example 0's listener: clip b, frame 0
