@@ -27,7 +27,8 @@ def main() -> None:
     spec = spec_from_params(load_params().sample_corpus)
     with io.atomic_dir(OUT) as tmp:
         summary = generate_corpus(tmp, spec, workers=worker_count(0), progress=True)
-    timer.done(read=f"params sample_corpus ({spec})", wrote=f"{OUT}/ {summary}")
+    counts = ", ".join(f"{split}: {v['dyads']} dyads" for split, v in summary["splits"].items())
+    timer.done(read=f"params sample_corpus ({spec})", wrote=f"{OUT}/ ({counts})")
 
 
 if __name__ == "__main__":
