@@ -70,6 +70,51 @@ class WindowsConfig(_Section):
     repeated (the state a live system is reset with), or the train mean (zeros once normalised)."""
 
 
+class ModelParams(_Section):
+    preset: Literal["demo", "paper"] = "demo"
+    """``paper``: about 84M parameters (Table 16); ``demo``: trains in minutes on 2 CPU cores."""
+    use_frame_index: bool = True
+    """Condition on the global frame index h (Table 2)."""
+    use_speaker_face: bool = True
+    """Speaker modalities (Table 3)."""
+    use_speaker_audio: bool = True
+
+
+class TrainParams(_Section):
+    steps: int = Field(default=2000, ge=1)
+    batch_size: int = Field(default=100, ge=1)
+    lr: float = Field(default=1e-4, gt=0)
+    betas: list[float] = [0.95, 0.999]
+    weight_decay: float = Field(default=1e-3, ge=0)
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    grad_clip: float = Field(default=1.0, gt=0)
+    amp: bool = True
+    """Mixed precision; only takes effect on CUDA."""
+    device: str = "auto"
+    """``auto`` (cuda, then mps, then cpu) or an explicit torch device such as ``cuda:1``."""
+    cfg_drop_prob: float = Field(default=0.1, ge=0, le=1)
+    """Probability of dropping the speaker conditions (classifier-free guidance training)."""
+    use_fbk: bool = True
+    """Facial behavioural kinematics prior (Table 4)."""
+    use_fac: bool = True
+    """Facial action constraint prior (Table 4); its weight is the top-level ``lambda``."""
+    fbk_last_steps: int = Field(default=5, ge=1)
+    fbk_schedule_steps: int = Field(default=50, ge=1)
+    """The sampling schedule whose last ``fbk_last_steps`` noise levels gate the FBK prior. Kept apart
+    from ``sample.steps`` so that varying the sampler (Table 6) does not retrain the model."""
+    log_every: int = Field(default=50, ge=1)
+    checkpoint_every: int = Field(default=500, ge=1)
+    val_every: int = Field(default=500, ge=1)
+    val_batches: int = Field(default=4, ge=1)
+
+    @field_validator("betas")
+    @classmethod
+    def _two_betas(cls, value: list[float]) -> list[float]:
+        if len(value) != 2 or not all(0 <= b < 1 for b in value):
+            raise ValueError("betas must be two numbers in [0, 1)")
+        return value
+
+
 class Params(_Section):
     seed: int = 0
     fac_weight: float = Field(default=1e-4, ge=0, alias="lambda")
@@ -78,6 +123,8 @@ class Params(_Section):
     sample_corpus: SampleCorpusConfig = SampleCorpusConfig()
     features: FeaturesConfig = FeaturesConfig()
     windows: WindowsConfig = WindowsConfig()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
 
     @field_validator("fac_weight", mode="before")
     @classmethod
