@@ -1,0 +1,181 @@
+"""DVC stage ``train``: train the ReactDiff denoiser on the ``windows`` output and track it in MLflow.
+
+    python -m pipelines.train                                  # one process (device chosen automatically)
+    torchrun --nproc_per_node 2 -m pipelines.train             # DistributedDataParallel, same outputs
+
+Writes ``models/reactdiff.pt`` (EMA weights for sampling, plus the full training state),
+``models/mlflow_run.json`` (the run the later stages log into), ``metrics/train.json`` and
+``plots/train_loss.csv``. An interrupted run resumes from ``checkpoints/<fingerprint>.pt`` (outside
+DVC's outputs, which DVC clears before a stage runs); the fingerprint covers every setting that
+changes the training trajectory, so a run with other params never resumes from it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io as stdio
+import shutil
+from pathlib import Path
+
+import torch
+
+from pipelines import tracking
+from pipelines.flows import StageTimer
+from reactdiff import io
+from reactdiff.config import Params, load_params
+from reactdiff.losses import LossConfig
+from reactdiff.training import TrainConfig, config_fingerprint, dist_info, train
+from reactdiff.windows import WindowDataset
+
+WINDOWS = Path("windows")
+SCRATCH = Path("checkpoints")
+MODEL = Path("models/reactdiff.pt")
+METRICS = Path("metrics/train.json")
+PLOT = Path("plots/train_loss.csv")
+ARTIFACT_LIMIT_BYTES = 200 * 2**20  # larger checkpoints are referenced by path, not copied into MLflow
+
+
+def train_config(params: Params) -> TrainConfig:
+    t = params.train
+    return TrainConfig(
+        preset=params.model.preset,
+        model_overrides={
+            "use_frame_index": params.model.use_frame_index,
+            "use_speaker_face": params.model.use_speaker_face,
+            "use_speaker_audio": params.model.use_speaker_audio,
+        },
+        steps=t.steps,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        betas=tuple(t.betas),
+        weight_decay=t.weight_decay,
+        ema_decay=t.ema_decay,
+        grad_clip=t.grad_clip,
+        amp=t.amp,
+        device=t.device,
+        seed=params.seed,
+        loss=LossConfig(
+            use_fbk=t.use_fbk,
+            use_fac=t.use_fac,
+            fac_weight=params.fac_weight,
+            fbk_last_steps=t.fbk_last_steps,
+            sampling_steps=t.fbk_schedule_steps,
+            cfg_drop_prob=t.cfg_drop_prob,
+        ),
+        log_every=t.log_every,
+        checkpoint_every=t.checkpoint_every,
+        val_every=t.val_every,
+        val_batches=t.val_batches,
+    )
+
+
+def data_id(windows: Path = WINDOWS) -> str:
+    """Content hash of the training windows, so a checkpoint never resumes on other data."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in windows.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(windows)).encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def loss_curve_csv(history: list[dict], val: list[dict]) -> str:
+    val_by_step = {int(v["step"]): v for v in val}
+    buffer = stdio.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["step", "loss", "dm", "fbk", "fac", "val_loss"])
+    for row in history:
+        v = val_by_step.get(int(row["step"]), {})
+        writer.writerow(
+            [
+                int(row["step"]),
+                *(f"{row[k]:.6g}" for k in ("loss", "dm", "fbk", "fac")),
+                v.get("val_loss", ""),
+            ]
+        )
+    return buffer.getvalue()
+
+
+def main() -> None:
+    timer = StageTimer("train")
+    params = load_params()
+    cfg = train_config(params)
+    train_data = WindowDataset(WINDOWS / "train", initial_past=params.windows.initial_past)
+    val_data = WindowDataset(WINDOWS / "val", initial_past=params.windows.initial_past)
+    windows_id = data_id()
+    fingerprint = config_fingerprint(cfg, train_data.audio_dim, windows_id)
+    scratch = SCRATCH / f"{fingerprint}.pt"
+    run_marker = scratch.with_suffix(".mlflow")
+    rank0 = dist_info().rank == 0
+
+    run = None
+    if rank0:
+        # An interrupted run continues in the same MLflow run as it continues from the same checkpoint.
+        previous = run_marker.read_text().strip() if run_marker.exists() and scratch.exists() else None
+        run = tracking.start_run("train", run_id=previous)
+        if previous is None:
+            tracking.log_params({"lambda": params.fac_weight, **params.model_dump(exclude={"fac_weight"})})
+            run_marker.parent.mkdir(parents=True, exist_ok=True)
+            run_marker.write_text(run.info.run_id)
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        import mlflow
+
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    print(
+        f"[train] preset {cfg.preset}, {len(train_data)} train / {len(val_data)} val windows, "
+        f"{cfg.steps} steps of {cfg.batch_size}; checkpoint {scratch}"
+    )
+    result = train(cfg, train_data, val_data, scratch, log=log if rank0 else None, data_id=windows_id)
+    if not rank0:
+        return
+
+    import mlflow
+
+    MODEL.parent.mkdir(parents=True, exist_ok=True)
+    with io.atomic_path(MODEL) as tmp:
+        shutil.copyfile(result.checkpoint, tmp)
+    final = result.history[-1] if result.history else {}
+    final_val = result.val[-1] if result.val else {}
+    summary = {
+        "parameters": result.parameters,
+        "steps": result.final_step,
+        "loss": final.get("loss"),
+        "dm": final.get("dm"),
+        "fbk": final.get("fbk"),
+        "fac": final.get("fac"),
+        "val_loss": final_val.get("val_loss"),
+        "windows_per_s": final.get("windows_per_s"),
+        "seconds": result.seconds,
+        "device": str(result.device),
+        "world_size": result.world_size,
+    }
+    io.write_json(summary, METRICS)
+    io.write_text(loss_curve_csv(result.history, result.val), PLOT)
+    mlflow.log_metric("parameters", result.parameters)
+    mlflow.set_tags(
+        {"parameters": str(result.parameters), "fingerprint": fingerprint, "windows_id": windows_id}
+    )
+    mlflow.log_artifact(str(PLOT))
+    if MODEL.stat().st_size <= ARTIFACT_LIMIT_BYTES:
+        mlflow.log_artifact(str(MODEL), artifact_path="model")
+    else:
+        mlflow.set_tag("checkpoint_path", str(MODEL.resolve()))
+    tracking.write_run_file(run.info.run_id, parameters=result.parameters, fingerprint=fingerprint)
+    mlflow.end_run()
+    # The scratch copy only served resumption; the finished model lives in models/ (and DVC's cache).
+    scratch.unlink(missing_ok=True)
+    run_marker.unlink(missing_ok=True)
+    timer.done(
+        read=f"{WINDOWS}/ ({len(train_data)} windows)",
+        wrote=f"{MODEL} ({result.parameters:,} parameters, final loss {summary['loss']:.4f}, "
+        f"val {summary['val_loss']}), {METRICS}, {PLOT}, MLflow run {run.info.run_id}",
+    )
+
+
+if __name__ == "__main__":
+    torch.set_float32_matmul_precision("high")
+    main()

@@ -1,0 +1,164 @@
+"""The reference baselines of the ReactDiff paper (Table 1), shaped like generated reactions.
+
+Every baseline returns ``[N, M, T, D]`` (``N`` speaker clips, ``M`` samples, FaceVerse units) and is scored
+by :mod:`reactdiff.metrics` exactly like a model:
+
+- **GT** (:func:`gt`): the real listener reaction of each clip, repeated ``M`` times. The paper's GT row
+  scores FRCorr 9.48 of 10 and no FRDiv ("-"), which fits ``M`` copies of the clip's own reaction (each
+  copy finds itself among its appropriate reactions), not ``M`` different appropriate reactions.
+- **Mirror** (:func:`mirror`): the speaker's own behaviour, repeated ``M`` times.
+- **Random** (:func:`random_gaussian`): independent Gaussian draws per frame and dimension with the train
+  listeners' per-dimension mean and std (:func:`train_statistics`); ``M`` different draws, seeded.
+- **NN motion / NN audio** (:func:`nearest_neighbour`): for each segment of the speaker's face
+  coefficients (motion) or audio features (audio), the listener segment of the train dyad whose speaker
+  segment is nearest in Euclidean distance; deterministic, so ``M`` copies (FRDiv 0, as in the paper).
+
+``repeat_samples`` returns a read-only broadcast view: ``M`` copies cost no memory (2.8 GB of float32 at
+the REACT2024 test scale otherwise); copy it before writing into it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "repeat_samples",
+    "gt",
+    "mirror",
+    "train_statistics",
+    "random_gaussian",
+    "nearest_neighbour",
+]
+
+DEFAULT_SAMPLES = 10  # reactions per speaker clip in the REACT protocol
+
+
+def repeat_samples(x: np.ndarray, samples: int = DEFAULT_SAMPLES) -> np.ndarray:
+    """``[N, T, D]`` -> read-only view ``[N, samples, T, D]`` of ``samples`` identical reactions per clip."""
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"expected [clips, frames, dims], got shape {x.shape}")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    return np.broadcast_to(x[:, None], (x.shape[0], samples, *x.shape[1:]))
+
+
+def gt(listener_own: np.ndarray, samples: int = DEFAULT_SAMPLES) -> np.ndarray:
+    """GT baseline: each clip's real listener reaction ``[N, T, D]``, repeated -> ``[N, samples, T, D]``."""
+    return repeat_samples(listener_own, samples)
+
+
+def mirror(speaker: np.ndarray, samples: int = DEFAULT_SAMPLES) -> np.ndarray:
+    """Mirror baseline: the speaker's behaviour ``[N, T, D]`` as the reaction -> ``[N, samples, T, D]``."""
+    return repeat_samples(speaker, samples)
+
+
+def train_statistics(train_listener: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std (ddof=0) over every frame of the train listeners ``[K, T, D]``."""
+    x = np.asarray(train_listener, np.float64)
+    flat = x.reshape(-1, x.shape[-1])
+    return flat.mean(axis=0), flat.std(axis=0)
+
+
+def random_gaussian(
+    mean: np.ndarray, std: np.ndarray, shape: Sequence[int], seed: int = 0, dtype: type = np.float32
+) -> np.ndarray:
+    """Random baseline: ``mean + std * N(0, 1)`` drawn independently per element of ``shape``.
+
+    ``mean``, ``std``: ``[D]``; ``shape``: ``(N, M, T, D)``. The same seed gives the same array.
+    """
+    mean = np.asarray(mean, np.float64)
+    std = np.asarray(std, np.float64)
+    shape = tuple(int(s) for s in shape)
+    if mean.shape != (shape[-1],) or std.shape != (shape[-1],):
+        raise ValueError(f"mean {mean.shape} and std {std.shape} must be [{shape[-1]}] for shape {shape}")
+    if np.any(std < 0):
+        raise ValueError("std must be non-negative")
+    noise = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+    return (noise * std.astype(np.float32) + mean.astype(np.float32)).astype(dtype, copy=False)
+
+
+def nearest_neighbour(
+    query: np.ndarray,
+    train_keys: np.ndarray,
+    train_listener: np.ndarray,
+    segment: int,
+    hop: int | None = None,
+    standardise: bool = False,
+    max_bytes: int = 256 * 2**20,
+) -> np.ndarray:
+    """Nearest-neighbour baseline: the train listener segment of the nearest train speaker segment.
+
+    ``query`` ``[N, T, F]`` (speaker face coefficients for NN motion, audio features per frame for NN
+    audio), ``train_keys`` ``[K, T', F]`` the same features of the train speakers, ``train_listener``
+    ``[K, T', D]`` their listeners' reactions -> ``[N, T, D]``.
+
+    The query is cut into consecutive segments of ``segment`` frames; the database holds every train
+    segment starting at multiples of ``hop`` (default ``segment``: non-overlapping) in every train clip.
+    Each query segment takes the listener frames of the database segment at the smallest Euclidean distance
+    over all its frames and features (first one on ties). A trailing partial segment of ``r`` frames is
+    compared with the first ``r`` frames of each database segment. ``standardise`` z-scores every feature
+    with the train keys' mean and std first (useful for audio features of unequal scales).
+    """
+    query = np.asarray(query)
+    keys = np.asarray(train_keys)
+    values = np.asarray(train_listener)
+    if query.ndim != 3 or keys.ndim != 3 or values.ndim != 3:
+        raise ValueError(f"expected 3-D arrays, got query {query.shape}, keys {keys.shape}, {values.shape}")
+    if keys.shape[:2] != values.shape[:2] or query.shape[2] != keys.shape[2]:
+        raise ValueError(
+            f"train keys {keys.shape} and listeners {values.shape} must share [K, T'], and the query "
+            f"{query.shape} the feature size of the keys"
+        )
+    hop = segment if hop is None else hop
+    if segment < 1 or hop < 1 or segment > keys.shape[1]:
+        raise ValueError(f"segment {segment} and hop {hop} must be >= 1 and segment <= {keys.shape[1]}")
+    K, Tk, F = keys.shape
+    N, T, _ = query.shape
+    # Centring (or z-scoring) both sides leaves every distance (or its standardised version) unchanged and
+    # keeps the expanded form ||q||^2 + ||e||^2 - 2 q.e well conditioned. Keys are kept as float32 (one copy
+    # of the train set); identical inputs stay identical, and the GEMMs run in float64.
+    centre = np.mean(keys, axis=(0, 1), dtype=np.float64)
+    scale = np.std(keys, axis=(0, 1), dtype=np.float64) if standardise else np.ones(F)
+    scale = np.where(scale > 0, scale, 1.0)
+    keys32 = np.empty(keys.shape, np.float32)
+    for c in range(0, K, 256):
+        keys32[c : c + 256] = (keys[c : c + 256] - centre) / scale
+    q32 = ((query - centre) / scale).astype(np.float32)
+
+    starts = np.arange(0, Tk - segment + 1, hop)
+    entry_clip = np.repeat(np.arange(K), len(starts))
+    entry_start = np.tile(starts, K)
+    out = np.empty((N, T, values.shape[2]), values.dtype)
+    q_starts = np.arange(0, T, segment)
+    q_len = np.minimum(segment, T - q_starts)
+    for length in np.unique(q_len):  # the full segments, then a trailing partial one
+        length = int(length)
+        frames = np.arange(length)
+        rows = [(n, s) for s in q_starts[q_len == length] for n in range(N)]
+        row_bytes = 8 * length * F
+        # Query rows, entry rows and the [queries, entries] distance block each get a quarter of max_bytes.
+        e_step = max(1, max_bytes // (4 * row_bytes))
+        q_step = max(1, min(max_bytes // (4 * row_bytes), max_bytes // (32 * min(e_step, len(entry_clip)))))
+        for qa in range(0, len(rows), q_step):
+            chunk = rows[qa : qa + q_step]
+            qn = np.array([r[0] for r in chunk])
+            qs = np.array([r[1] for r in chunk])
+            Q = q32[qn[:, None], qs[:, None] + frames].reshape(len(chunk), -1).astype(np.float64)
+            best_d = np.full(len(chunk), np.inf)
+            best_e = np.zeros(len(chunk), np.int64)
+            for ea in range(0, len(entry_clip), e_step):
+                eb = min(len(entry_clip), ea + e_step)
+                E = keys32[entry_clip[ea:eb, None], entry_start[ea:eb, None] + frames]
+                E = E.reshape(eb - ea, -1).astype(np.float64)
+                # ||q - e||^2 = ||q||^2 + ||e||^2 - 2 q.e; ||q||^2 does not change the argmin.
+                d = (E**2).sum(axis=1)[None] - 2.0 * (Q @ E.T)
+                arg = np.argmin(d, axis=1)
+                dmin = d[np.arange(len(chunk)), arg]
+                better = dmin < best_d  # strict: the first entry wins ties across chunks too
+                best_d[better], best_e[better] = dmin[better], ea + arg[better]
+            src_clip, src_start = entry_clip[best_e], entry_start[best_e]
+            out[qn[:, None], qs[:, None] + frames] = values[src_clip[:, None], src_start[:, None] + frames]
+    return out
