@@ -26,6 +26,7 @@ from reactdiff.corpus import read_split
 from reactdiff.features import (
     EXAMPLES_FILE,
     FRAMES_FILE,
+    NEIGHBOURS_FILE,
     QUARANTINE_FILE,
     REPORT_FILE,
     STATS_FILE,
@@ -115,6 +116,10 @@ def features_flow(root: Path, splits: list[str], cfg: FeaturesConfig, out: Path 
         )
         io.write_parquet(table, out / split / FRAMES_FILE)
         io.write_parquet(examples, out / split / EXAMPLES_FILE)
+        if index.neighbours is not None:  # later stages read appropriateness from here, not from the corpus
+            with io.atomic_path(out / split / NEIGHBOURS_FILE) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, index.neighbours.astype(bool))
         usable = int(np.sum(examples.column("usable").to_numpy(zero_copy_only=False)))
         found = len(index.clips())
         report["splits"][split] = {

@@ -62,8 +62,14 @@ def run_tags(stage: str) -> dict[str, str]:
     return tags
 
 
-def start_run(stage: str, run_id: str | None = None, run_name: str | None = None):
-    """Start (or resume, given ``run_id``) a run of the pipeline's experiment, tagged per :func:`run_tags`."""
+def start_run(
+    stage: str, run_id: str | None = None, run_name: str | None = None, parent_run_id: str | None = None
+):
+    """Start (or resume, given ``run_id``) a run of the pipeline's experiment, tagged per :func:`run_tags`.
+
+    ``parent_run_id`` makes it a child run: the stages after ``train`` log each sampling/evaluation
+    variant as a child of the training run, so variants that reuse one model sit under it in the UI.
+    """
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
@@ -71,7 +77,12 @@ def start_run(stage: str, run_id: str | None = None, run_name: str | None = None
         return mlflow.start_run(run_id=run_id)
     mlflow.set_experiment(os.environ.get("REACTDIFF_MLFLOW_EXPERIMENT", EXPERIMENT))
     name = run_name or os.environ.get("DVC_EXP_NAME")
-    return mlflow.start_run(run_name=name, tags=run_tags(stage))
+    tags = run_tags(stage)
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+        if os.environ.get("DVC_EXP_NAME"):
+            name = f"{os.environ['DVC_EXP_NAME']}/{name}"
+    return mlflow.start_run(run_name=name, tags=tags)
 
 
 def log_params(params: Mapping[str, Any]) -> None:

@@ -115,6 +115,32 @@ class TrainParams(_Section):
         return value
 
 
+class SampleParams(_Section):
+    split: Literal["train", "val", "test"] = "test"
+    samples: int = Field(default=10, ge=1)
+    """M reactions per speaker clip (paper: 10)."""
+    steps: int = Field(default=50, ge=1)
+    """Denoising steps per window (paper: 50; Table 6)."""
+    solver: Literal["sde", "ode"] = "sde"
+    """DPM-Solver++(2M) as SDE (Algorithm 2) or ODE (Algorithm 1); Table 5."""
+    eta: float = Field(default=1.0, ge=0)
+    guidance_scale: float = 1.5
+    """Classifier-free guidance scale; 1 disables guidance."""
+    device: str = "auto"
+    runner: Literal["thread", "process", "dask"] = "thread"
+    workers: int = Field(default=0, ge=0)
+
+
+class RenderParams(_Section):
+    sessions: int = Field(default=2, ge=0)
+    """How many sessions of the sampled split get a video (the first ones, both directions)."""
+    renderer: str = "cartoon"
+    """A name registered with ``reactdiff.render.register_renderer`` (``cartoon`` needs no weights)."""
+    tile: int = Field(default=128, ge=32)
+    dims: list[str] = ["browInnerUp", "eyeBlinkLeft", "jawOpen", "mouthSmileLeft", "pitch", "yaw"]
+    """Coefficients plotted over time (expression names, or pitch/yaw/roll/tx/ty/tz)."""
+
+
 class Params(_Section):
     seed: int = 0
     fac_weight: float = Field(default=1e-4, ge=0, alias="lambda")
@@ -125,6 +151,8 @@ class Params(_Section):
     windows: WindowsConfig = WindowsConfig()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
+    sample: SampleParams = SampleParams()
+    render: RenderParams = RenderParams()
 
     @field_validator("fac_weight", mode="before")
     @classmethod

@@ -18,6 +18,9 @@ example list, so ``example`` indexes the neighbour matrix)::
     example int32, session string, speaker string, listener string, usable bool, reason string
 
 An example is unusable when one of its clips was quarantined; the reason says which.
+
+``features/<split>/neighbours.npy``: the corpus's ``neighbour_emotion_<split>.npy`` as bool
+``[examples, examples]`` (absent when the corpus has none for the split).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from reactdiff.noise import SIGMA_DATA
 
 FRAMES_FILE = "frames.parquet"
 EXAMPLES_FILE = "examples.parquet"
+NEIGHBOURS_FILE = "neighbours.npy"  # the split's appropriate-reaction matrix, copied from the corpus
 STATS_FILE = "norm_stats.json"
 QUARANTINE_FILE = "quarantine.csv"
 REPORT_FILE = "report.json"

@@ -1,0 +1,36 @@
+"""DVC stage ``baselines``: the paper's reference rows (GT, Mirror, Random, NN motion, NN audio).
+
+They depend on the data and the split only, not on the model, so they are their own stage: DVC
+computes them once and every experiment's ``evaluate`` reuses them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.evaluate import score
+from pipelines.flows import StageTimer
+from reactdiff import io
+from reactdiff.config import load_params
+from reactdiff.evaluation import baseline_reactions, load_split
+
+FEATURES = Path("features")
+OUT = Path("metrics/baselines.json")
+
+
+def main() -> None:
+    timer = StageTimer("baselines")
+    params = load_params()
+    split = load_split(FEATURES / params.sample.split)
+    train = load_split(FEATURES / "train")
+    variants = baseline_reactions(
+        split, train, params.sample.samples, params.seed, segment=params.windows.size
+    )
+    results = {name: score(P, split, seed=params.seed) for name, P in variants.items()}
+    io.write_json(results, OUT)
+    summary = ", ".join(f"{name} FRCorr {r['all']['FRCorr']:.3f}" for name, r in results.items())
+    timer.done(read=f"{FEATURES}/{params.sample.split}, {FEATURES}/train", wrote=f"{OUT} ({summary})")
+
+
+if __name__ == "__main__":
+    main()

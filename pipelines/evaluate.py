@@ -1,0 +1,73 @@
+"""DVC stage ``evaluate``: the REACT metrics of the generated reactions, beside the baselines.
+
+Writes ``metrics/evaluate.json`` (DVC metrics: the model's scores per coefficient subset, shown by
+``dvc metrics show`` and ``dvc exp show``), ``reports/evaluate.csv`` and ``reports/evaluate.md`` (model
+and every baseline, per subset) and logs the metrics to the sampling run in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipelines import tracking
+from pipelines.flows import StageTimer, worker_count
+from reactdiff import io
+from reactdiff.config import load_params
+from reactdiff.evaluation import SplitArrays, generated_reactions, load_split, markdown_table, results_table
+from reactdiff.metrics import compute_all
+
+FEATURES = Path("features")
+SAMPLES = Path("samples")
+BASELINES = Path("metrics/baselines.json")
+METRICS = Path("metrics/evaluate.json")
+REPORT = Path("reports")
+MODEL_ROW = "ReactDiff"
+
+
+def score(P: np.ndarray, split: SplitArrays, seed: int) -> dict[str, dict[str, float]]:
+    """Every metric on the three coefficient subsets (all, expression, pose) of the paper's tables."""
+    if split.neighbours is None:
+        raise SystemExit("evaluate: the split has no neighbour matrix (neighbour_emotion_<split>.npy)")
+    return compute_all(
+        P, split.listener, split.speaker, split.neighbours, workers=min(2, worker_count(0)), seed=seed
+    )
+
+
+def main() -> None:
+    timer = StageTimer("evaluate")
+    params = load_params()
+    split = load_split(FEATURES / params.sample.split)
+    P = generated_reactions(SAMPLES / f"{params.sample.split}.parquet", split)
+    model = score(P, split, seed=params.seed)
+    io.write_json(model, METRICS)
+
+    results = {MODEL_ROW: model, **json.loads(BASELINES.read_text())}
+    table = results_table(results)
+    io.write_text(table.to_csv(index=False), REPORT / "evaluate.csv")
+    markdown = "".join(
+        f"### {subset} coefficients\n\n{markdown_table(table, subset)}\n"
+        for subset in ("all", "expression", "pose")
+    )
+    io.write_text(markdown, REPORT / "evaluate.md")
+
+    import mlflow
+
+    with tracking.start_run("evaluate", run_id=tracking.read_run_id(SAMPLES / "mlflow_run.json")):
+        mlflow.log_metrics(
+            {f"{subset}.{k}": float(v) for subset, m in model.items() for k, v in m.items() if np.isfinite(v)}
+        )
+        mlflow.log_artifact(str(REPORT / "evaluate.md"))
+        mlflow.log_artifact(str(REPORT / "evaluate.csv"))
+    headline = ", ".join(f"{k} {model['all'][k]:.4g}" for k in ("FRCorr", "FRDist", "FRDiv", "FRSyn"))
+    timer.done(
+        read=f"{SAMPLES}/, {FEATURES}/{params.sample.split}, {BASELINES}",
+        wrote=f"{METRICS} ({headline}), {REPORT}/",
+    )
+    print(markdown_table(table, "all"))
+
+
+if __name__ == "__main__":
+    main()

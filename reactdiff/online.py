@@ -1,0 +1,356 @@
+"""Online (streaming) generation of M listener reactions, window after window (paper sec. 3-4, app. B).
+
+The conversation advances in windows of ``w`` frames (paper: 16 frames = 640 ms at 25 fps). For the
+window ``[h - w + 1, h]`` the generator observes the speaker's face and audio of that window only (never
+a later frame), and denoises M samples as one batch of the EDM denoiser, each conditioned on
+
+- the speaker face and audio of the window (shared by the M rows),
+- that sample's OWN previously generated window ``[h - 2w + 1, h - w]`` (so the M reactions are M
+  independent trajectories, not M draws around one shared history),
+- the global index ``h`` of the window's last frame,
+
+with DPM-Solver++(2M) (SDE by default, as Algorithm 2), ``steps`` denoiser evaluations and
+classifier-free guidance (``guidance_scale``; 1 = plain conditional sampling).
+
+Before the conversation starts there is no generated past: the past frames before frame 0 are the
+listener's starting state (``initial_past="first_frame"``, what :mod:`reactdiff.windows` trains with by
+default) or the train mean (``"mean"``), exactly as the training windows define them.
+
+Randomness. Each window draws its initial noise ``[M, w, 58]`` and the SDE's per-step noise from the
+generator's own ``torch.Generator`` (on the CPU, so CPU and CUDA runs draw the same numbers), seeded at
+:meth:`OnlineReactionGenerator.reset`. The amount drawn per window is fixed, so the noise of window ``k``
+depends on the seed and ``k`` only, never on the speaker inputs: changing the speaker after window ``k``
+leaves windows ``1..k`` bit-identical.
+
+Audio. :meth:`~OnlineReactionGenerator.step` takes either precomputed per-frame audio features or the
+raw 16 kHz speaker audio of the new frames; raw audio is appended to a bounded rolling buffer (the
+encoder's left context plus one chunk) and encoded with :func:`reactdiff.audio.encode_causal_window`,
+which gives the same features as encoding the whole signal offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from reactdiff import layout
+from reactdiff.audio import AudioEncoder, encode_causal_window
+from reactdiff.features import NormStats
+from reactdiff.model import Conditions
+from reactdiff.samplers import SOLVERS, Denoiser, sample
+
+__all__ = ["INITIAL_PAST", "OnlineReactionGenerator", "derive_seed", "generate_clip"]
+
+INITIAL_PAST = ("first_frame", "mean")
+
+
+def derive_seed(global_seed: int, key: str) -> int:
+    """A seed in ``[0, 2**63)`` derived from ``global_seed`` and ``key`` (e.g. a session id).
+
+    Uses SHA-256 of ``"<global_seed>:<key>"``, so it is the same in every process and on every machine
+    (Python's ``hash`` of a string is salted per process), and different keys give unrelated seeds.
+    """
+    digest = hashlib.sha256(f"{int(global_seed)}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: a valid int64 / torch / numpy seed
+
+
+def _default_device(denoiser: Denoiser) -> torch.device:
+    if isinstance(denoiser, nn.Module):
+        param = next(denoiser.parameters(), None)
+        if param is not None:
+            return param.device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class OnlineReactionGenerator:
+    """Streams M listener reactions to a live speaker, ``w`` frames at a time.
+
+    ``denoiser``: the EDM denoiser contract ``(x [B, w, 58], sigma [B], cond: Conditions) -> [B, w, 58]``
+    (a :class:`reactdiff.model.Denoiser`, or any callable following it). An ``nn.Module`` is switched to
+    eval mode (dropout off) and moved to ``device``; ``device=None`` keeps a module where its parameters
+    are, otherwise picks CUDA when available. ``stats``: the train-split normalisation; the model works in
+    its space, inputs and outputs are in FaceVerse units. ``encoder``: the audio encoder the model was
+    trained with, needed only to feed raw audio to :meth:`step`.
+
+    Usage::
+
+        gen = OnlineReactionGenerator(denoiser, stats, samples=10, encoder=build_encoder("logmel"))
+        gen.reset(listener_start)            # [58] FaceVerse units, or None for the train mean
+        while conversation:
+            reactions = gen.step(face_16, audio_16)   # [16, 58], [16 * 640] samples -> [10, 16, 58]
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        stats: NormStats,
+        *,
+        window: int = 16,
+        samples: int = 10,
+        steps: int = 50,
+        solver: str = "sde",
+        eta: float = 1.0,
+        guidance_scale: float = 1.0,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        encoder: AudioEncoder | None = None,
+        initial_past: str = "first_frame",
+    ) -> None:
+        if window < 1 or samples < 1 or steps < 1:
+            raise ValueError(f"window, samples and steps must be >= 1, got {window}, {samples}, {steps}")
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+        if initial_past not in INITIAL_PAST:
+            raise ValueError(f"initial_past must be one of {INITIAL_PAST}, got {initial_past!r}")
+        self.audio_dim = int(len(stats.audio_mean))
+        config = getattr(denoiser, "config", None)
+        if config is not None:
+            if config.frames != window:
+                raise ValueError(
+                    f"the denoiser was built for windows of {config.frames} frames, not {window}"
+                )
+            if config.audio_dim != self.audio_dim:
+                raise ValueError(
+                    f"the denoiser expects {config.audio_dim}-dim audio features but the normalisation "
+                    f"stats have {self.audio_dim}: stats and checkpoint come from different feature runs"
+                )
+        if encoder is not None and encoder.dim != self.audio_dim:
+            raise ValueError(
+                f"encoder {encoder.name!r} gives {encoder.dim}-dim features, stats {self.audio_dim}"
+            )
+
+        self.device = torch.device(device) if device is not None else _default_device(denoiser)
+        if isinstance(denoiser, nn.Module):
+            denoiser = denoiser.to(self.device).eval()
+        self.denoiser = denoiser
+        self.stats = stats
+        self.window = int(window)
+        self.samples = int(samples)
+        self.steps = int(steps)
+        self.solver = solver
+        self.eta = float(eta)
+        self.guidance_scale = float(guidance_scale)
+        self.seed = int(seed)
+        self.encoder = encoder
+        self.initial_past = initial_past
+        self._hop = layout.MODEL_SAMPLE_RATE // layout.FPS
+        if encoder is not None:
+            if encoder.sample_rate % layout.FPS:
+                raise ValueError(f"encoder sample rate {encoder.sample_rate} Hz is not a multiple of the fps")
+            self._hop = encoder.sample_rate // layout.FPS
+        self._generator = torch.Generator(device="cpu")
+        self.reset()
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    @property
+    def frame(self) -> int:
+        """Frames generated so far (the global index of the next frame)."""
+        return self._frame
+
+    def reset(self, listener_start: np.ndarray | None = None, seed: int | None = None) -> None:
+        """Start a new conversation: frame counter 0, empty histories, noise generator re-seeded.
+
+        ``listener_start``: ``[58]`` FaceVerse coefficients of the listener's state before the
+        conversation, the past of the first window under ``initial_past="first_frame"``; ``None`` means
+        the train mean. Under ``initial_past="mean"`` the first past is the train mean whatever is given,
+        as in training. ``seed``: ``None`` keeps the constructor's seed.
+        """
+        if seed is not None:
+            self.seed = int(seed)
+        self._generator.manual_seed(self.seed)
+        self._frame = 0
+        w, m = self.window, self.samples
+        start = torch.zeros(layout.N_COEFFS)
+        if listener_start is not None and self.initial_past == "first_frame":
+            listener_start = np.asarray(listener_start, dtype=np.float32)
+            if listener_start.shape != (layout.N_COEFFS,):
+                raise ValueError(f"listener_start must be [{layout.N_COEFFS}], got {listener_start.shape}")
+            start = torch.from_numpy(self.stats.normalise_face(listener_start))
+        # Model-space listener frames [frame - 2w, frame) of every sample; the frames before 0 are the
+        # initial past. Two windows are enough: a window ending at frame + k - 1 (1 <= k <= w) has its
+        # past in [frame + k - 2w, frame + k - w).
+        self._listener = start.to(self.device).expand(m, 2 * w, -1).clone()
+        # Normalised speaker inputs of the last (up to) w frames, for windows that overlap earlier frames.
+        self._speaker_face = torch.zeros(0, layout.N_COEFFS, device=self.device)
+        self._speaker_audio = torch.zeros(0, self.audio_dim, device=self.device)
+        # Rolling raw-audio buffer: samples [_audio_start, _audio_start + len(_audio)) of the stream.
+        self._audio = np.zeros(0, dtype=np.float32)
+        self._audio_start = 0
+
+    # -- one window ----------------------------------------------------------------------------------
+
+    def step(
+        self,
+        speaker_face: np.ndarray,
+        speaker_audio: np.ndarray | None = None,
+        *,
+        audio_features: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Generate the reactions to the next ``k`` speaker frames: ``[M, k, 58]`` FaceVerse units.
+
+        ``speaker_face``: ``[k, 58]`` FaceVerse coefficients of the next frames, normally a whole window
+        (``k = w``). Give exactly one of ``speaker_audio`` (raw mono samples of these frames at the
+        encoder's rate, ``k * 640`` at 16 kHz; encoded causally from the rolling buffer) and
+        ``audio_features`` (``[k, A]`` raw per-frame features, normalised here).
+
+        ``k < w`` is allowed once ``w`` frames exist in total (``frame + k >= w``): the window is then
+        the ``w`` frames ending at the new last frame, ``h = frame + k - 1``; it overlaps the last
+        ``w - k`` frames already generated (their speaker inputs come from the generator's history), its
+        past is the ``w`` generated frames before its start, and only its ``k`` new frames are returned
+        and kept; frames already returned are never changed. :func:`generate_clip` uses this to align the
+        last window of a clip to the clip's end.
+        """
+        w, m = self.window, self.samples
+        face = np.asarray(speaker_face, dtype=np.float32)
+        if face.ndim != 2 or face.shape[1] != layout.N_COEFFS or not 1 <= face.shape[0] <= w:
+            raise ValueError(
+                f"speaker_face must be [k, {layout.N_COEFFS}] with 1 <= k <= {w}, got {face.shape}"
+            )
+        k = face.shape[0]
+        if self._frame + k < w:
+            raise ValueError(
+                f"the first window needs {w} speaker frames; {self._frame} were given before and {k} now"
+            )
+        if (speaker_audio is None) == (audio_features is None):
+            raise ValueError("give exactly one of speaker_audio (raw samples) and audio_features")
+        if audio_features is not None:
+            feats = np.asarray(audio_features, dtype=np.float32)
+            if feats.shape != (k, self.audio_dim):
+                raise ValueError(f"audio_features must be [{k}, {self.audio_dim}], got {feats.shape}")
+            self._skip_audio(k)
+        else:
+            feats = self._encode_audio(np.asarray(speaker_audio), k)
+
+        face_t = torch.from_numpy(self.stats.normalise_face(face)).to(self.device)
+        audio_t = torch.from_numpy(self.stats.normalise_audio(feats)).to(self.device)
+        window_face = torch.cat([self._speaker_face, face_t])[-w:]
+        window_audio = torch.cat([self._speaker_audio, audio_t])[-w:]
+        past = self._listener[:, k : k + w]
+        h = self._frame + k - 1
+
+        # The M samples share the speaker rows (expanded views, no copies) and differ in their past.
+        cond = Conditions.create(
+            window_face[None].expand(m, -1, -1),
+            window_audio[None].expand(m, -1, -1),
+            past,
+            h,
+        )
+        with torch.inference_mode():
+            x = sample(
+                self.denoiser,
+                (m, w, layout.N_COEFFS),
+                cond,
+                steps=self.steps,
+                solver=self.solver,
+                eta=self.eta,
+                guidance_scale=self.guidance_scale,
+                generator=self._generator,
+                device=self.device,
+            )
+        new = x[:, w - k :]
+        self._listener = torch.cat([self._listener, new], dim=1)[:, -2 * w :]
+        self._speaker_face = window_face
+        self._speaker_audio = window_audio
+        self._frame += k
+        out = self.stats.denormalise_face(new.float().cpu().numpy())
+        return np.asarray(out, dtype=np.float32)
+
+    # -- audio ---------------------------------------------------------------------------------------
+
+    def _audio_needed_from(self, frame_start: int) -> int:
+        """First absolute sample the causal encoding of frames from ``frame_start`` on can need."""
+        assert self.encoder is not None
+        chunk = int(getattr(self.encoder, "chunk_frames", 1))
+        first_chunk_end = (frame_start // chunk + 1) * chunk * self._hop
+        context = math.ceil(self.encoder.left_context_s * self.encoder.sample_rate - 1e-6)
+        return max(0, first_chunk_end - context)
+
+    def _skip_audio(self, k: int) -> None:
+        """Frames given as features: the raw-audio stream now has a gap up to their end."""
+        self._audio = np.zeros(0, dtype=np.float32)
+        self._audio_start = (self._frame + k) * self._hop
+
+    def _encode_audio(self, signal: np.ndarray, k: int) -> np.ndarray:
+        """Append ``k`` frames of raw audio to the buffer and encode them: ``[k, A]`` raw features."""
+        if self.encoder is None:
+            raise ValueError(
+                "raw speaker_audio needs the generator's encoder; pass encoder= or audio_features"
+            )
+        if signal.ndim != 1 or signal.shape[0] != k * self._hop:
+            raise ValueError(
+                f"speaker_audio must be mono [{k * self._hop}] samples ({k} frames at "
+                f"{self.encoder.sample_rate} Hz), got shape {signal.shape}"
+            )
+        if self._audio_start > self._audio_needed_from(self._frame):
+            raise ValueError(
+                "raw speaker_audio after steps given audio_features: the encoder lacks the audio of the "
+                "preceding frames (its left context); feed one kind of audio input per conversation"
+            )
+        self._audio = np.concatenate([self._audio, signal.astype(np.float32, copy=False)])
+        feats = encode_causal_window(self.encoder, self._audio, self._frame, k, self._audio_start)
+        # Later windows only need audio from the next frame's left context on: keep no more than that.
+        keep_from = min(self._audio_needed_from(self._frame + k), self._audio_start + len(self._audio))
+        if keep_from > self._audio_start:
+            self._audio = self._audio[keep_from - self._audio_start :].copy()
+            self._audio_start = keep_from
+        return feats
+
+    @property
+    def audio_buffer_samples(self) -> int:
+        """Raw audio samples held in the rolling buffer (bounded by the encoder's context + one chunk)."""
+        return int(len(self._audio))
+
+
+def generate_clip(
+    generator: OnlineReactionGenerator,
+    speaker_face: np.ndarray,
+    audio_features: np.ndarray,
+    listener_start: np.ndarray | None = None,
+    seed: int | None = None,
+) -> np.ndarray:
+    """Run ``generator`` online over a whole clip: ``[T, 58]`` face, ``[T, A]`` features -> ``[M, T, 58]``.
+
+    The generator is reset (``listener_start``, ``seed``), then stepped window by window through
+    :meth:`OnlineReactionGenerator.step`, so the result is what a live run over the clip would produce.
+    Every frame is covered whatever ``T % w``:
+
+    - ``T // w`` full windows ``[i w, (i + 1) w)`` come first, each with ``h = (i + 1) w - 1``;
+    - when ``r = T % w > 0`` (and ``T >= w``), one more window is aligned to the clip end: frames
+      ``[T - w, T)`` with ``h = T - 1``; its past window is the ``w`` frames ``[T - 2w, T - w)`` generated
+      before it (the initial past for frames before 0), and only its last ``r`` frames, the ones not
+      generated yet, are kept; earlier frames are not overwritten;
+    - a clip shorter than one window (``T < w``) is padded to ``w`` frames by repeating its last speaker
+      frame (the speaker holding still), generated as one window (``h = w - 1``) and cut to ``T`` frames.
+      Each network evaluation is speaker-causal, but the solver denoises the window's frames jointly, so
+      the padding does reach the kept frames through later solver steps: an approximation, needed only
+      for clips shorter than 0.64 s (corpus clips have 750 frames).
+    """
+    face = np.asarray(speaker_face, dtype=np.float32)
+    feats = np.asarray(audio_features, dtype=np.float32)
+    if face.ndim != 2 or feats.ndim != 2 or face.shape[0] != feats.shape[0]:
+        raise ValueError(
+            f"speaker_face [T, 58] and audio_features [T, A] must align, got {face.shape}, {feats.shape}"
+        )
+    generator.reset(listener_start, seed)
+    total, w, m = face.shape[0], generator.window, generator.samples
+    out = np.full((m, total, layout.N_COEFFS), np.nan, dtype=np.float32)
+    if total == 0:
+        return out
+    if total < w:
+        pad = w - total
+        face_w = np.concatenate([face, np.repeat(face[-1:], pad, axis=0)])
+        feats_w = np.concatenate([feats, np.repeat(feats[-1:], pad, axis=0)])
+        return generator.step(face_w, audio_features=feats_w)[:, :total]
+    for start in range(0, total - w + 1, w):
+        out[:, start : start + w] = generator.step(
+            face[start : start + w], audio_features=feats[start : start + w]
+        )
+    done = generator.frame
+    if done < total:
+        out[:, done:] = generator.step(face[done:], audio_features=feats[done:])
+    return out

@@ -1,0 +1,100 @@
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from pipelines.sample import reactions_table
+from reactdiff import io
+from reactdiff.corpus import Example, SplitIndex
+from reactdiff.evaluation import (
+    baseline_reactions,
+    generated_reactions,
+    load_split,
+    markdown_table,
+    results_table,
+)
+from reactdiff.features import (
+    EXAMPLES_FILE,
+    FRAMES_FILE,
+    NEIGHBOURS_FILE,
+    ClipFeatures,
+    examples_table,
+    frames_table,
+)
+
+A = 4
+
+
+def _split_dir(tmp_path, name, n_frames=(40, 42, 40, 41), seed=0):
+    rng = np.random.default_rng(seed)
+    ids = [f"S/{name}{i // 2}/P{i % 2}/1" for i in range(4)]
+    clips = [
+        ClipFeatures(
+            c, *(rng.normal(size=(n, d)).astype(np.float32) for d in (58, A)), np.zeros((n, 25), np.float32)
+        )
+        for c, n in zip(ids, n_frames, strict=True)
+    ]
+    dyads = [(ids[0], ids[1]), (ids[2], ids[3])]
+    examples = [
+        Example(k, *pair, f"S/{name}{k % 2}") for k, pair in enumerate(dyads + [d[::-1] for d in dyads])
+    ]
+    index = SplitIndex(tmp_path, name, dyads, examples, None)
+    out = tmp_path / name
+    io.write_parquet(frames_table(clips, "test", A), out / FRAMES_FILE)
+    io.write_parquet(examples_table(index, set(ids), {}), out / EXAMPLES_FILE)
+    neighbours = np.eye(4, dtype=bool) | np.eye(4, k=2, dtype=bool) | np.eye(4, k=-2, dtype=bool)
+    np.save(out / NEIGHBOURS_FILE, neighbours)
+    return out, {c.clip_id: c for c in clips}
+
+
+def test_load_split_aligns_examples_and_cuts_to_shortest(tmp_path):
+    out, clips = _split_dir(tmp_path, "test")
+    split = load_split(out)
+    assert split.frames == 40
+    assert [e["example"] for e in split.examples] == [0, 1, 2, 3]
+    np.testing.assert_array_equal(split.speaker[2], clips["S/test0/P1/1"].face[:40])
+    np.testing.assert_array_equal(split.listener[2], clips["S/test0/P0/1"].face[:40])
+    assert split.neighbours.shape == (4, 4) and split.neighbours[0, 2]
+
+
+def test_generated_reactions_round_trip_and_missing_data(tmp_path):
+    out, _ = _split_dir(tmp_path, "test")
+    split = load_split(out)
+    rng = np.random.default_rng(1)
+    P = rng.normal(size=(4, 3, 40, 58)).astype(np.float32)
+    tables = [reactions_table("s", e, P[i]) for i, e in reversed(list(enumerate(split.examples)))]
+    io.write_parquet(pa.concat_tables(tables), tmp_path / "samples.parquet")
+    np.testing.assert_array_equal(generated_reactions(tmp_path / "samples.parquet", split), P)
+    io.write_parquet(pa.concat_tables(tables[1:]), tmp_path / "partial.parquet")
+    with pytest.raises(ValueError, match="no generated reactions for examples"):
+        generated_reactions(tmp_path / "partial.parquet", split)
+    short = reactions_table("s", split.examples[0], P[0, :, :30])
+    io.write_parquet(pa.concat_tables([short, *tables[:3]]), tmp_path / "short.parquet")
+    with pytest.raises(ValueError, match="missing"):
+        generated_reactions(tmp_path / "short.parquet", split)
+
+
+def test_baselines_have_the_paper_semantics(tmp_path):
+    test = load_split(_split_dir(tmp_path, "test")[0])
+    train = load_split(_split_dir(tmp_path, "train", seed=5)[0])
+    variants = baseline_reactions(test, train, samples=3, seed=0, segment=8)
+    for P in variants.values():
+        assert P.shape == (4, 3, 40, 58)
+    np.testing.assert_array_equal(variants["GT"][:, 1], test.listener)
+    np.testing.assert_array_equal(variants["Mirror"][:, 2], test.speaker)
+    assert not np.allclose(variants["Random"][:, 0], variants["Random"][:, 1])
+    np.testing.assert_array_equal(variants["NN motion"][:, 0], variants["NN motion"][:, 2])
+
+
+def test_results_table_and_markdown():
+    results = {
+        "ReactDiff": {"all": {"FRCorr": 1.5, "FRDist": 90.0, "FRSyn": 40.0}, "pose": {"FRCorr": 0.5}},
+        "GT": {"all": {"FRCorr": 10.0, "FRDist": 0.0, "FRSyn": float("nan")}},
+    }
+    frame = results_table(results)
+    assert list(frame.columns[:5]) == ["variant", "subset", "FRCorr", "FRDist", "FRSyn"]
+    assert len(frame) == 3
+    md = markdown_table(frame, "all")
+    assert "FRCorr ↑" in md and "FRDist ↓" in md
+    assert "| GT | 10 | 0 | n/a |" in md
+    assert isinstance(frame, pd.DataFrame)
