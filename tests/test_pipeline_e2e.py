@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["make_sample", "features", "windows"]
+STAGES = ["make_sample", "features", "windows", "train", "sample", "baselines", "evaluate", "render"]
 
 
 def _run(args: list[str], cwd: Path, env: dict) -> str:
@@ -38,10 +38,16 @@ def project(tmp_path_factory):
     params["sample_corpus"].update(
         frames=120, sample_rate=16000, families={"train": 2, "val": 1, "test": 1}, sessions_per_family=2
     )
+    params["train"].update(
+        steps=30, batch_size=16, log_every=10, val_every=15, val_batches=1, checkpoint_every=15
+    )
+    params["sample"].update(samples=2, steps=3, workers=2)
+    params["render"].update(sessions=1, tile=64)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["PYTHONPATH"] = str(dest)
+    env.pop("MLFLOW_TRACKING_URI", None)  # the project's default: sqlite in the project folder
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "fixture"]):
         _run(
             cmd if cmd[1] != "commit" else ["git", "-c", "user.name=t", "-c", "user.email=t@t", *cmd[1:]],
@@ -67,6 +73,28 @@ def test_dvc_repro_runs_every_stage(project):
     assert meta["examples"] == 8 and meta["windows"] > 0
     frames = pq.read_table(dest / "features" / "test" / "frames.parquet")
     assert frames.num_rows == 8 * 121 // 2  # 4 test clips of 121 rows each
+    train = json.loads((dest / "metrics" / "train.json").read_text())
+    assert train["steps"] == 30 and train["parameters"] > 0
+    samples = pq.read_table(dest / "samples" / "test.parquet")
+    assert samples.num_rows == 4 * 2 * 121  # 4 test examples x M=2 x every frame
+    evaluation = json.loads((dest / "metrics" / "evaluate.json").read_text())
+    assert set(evaluation) == {"all", "expression", "pose"}
+    assert evaluation["all"]["FRDiv"] > 0
+    baselines = json.loads((dest / "metrics" / "baselines.json").read_text())
+    assert set(baselines) == {"GT", "Mirror", "Random", "NN motion", "NN audio"}
+    assert "| ReactDiff |" in (dest / "reports" / "evaluate.md").read_text()
+    assert len(list((dest / "renders").glob("*.mp4"))) == 2  # one session, both directions
+    assert (dest / "plots" / "metrics.png").stat().st_size > 0
+    # Every stage after train logged into MLflow: one training run with its sampling run as a child.
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{dest / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("reactdiff").experiment_id])
+    by_stage = {r.data.tags["stage"]: r for r in runs}
+    assert set(by_stage) == {"train", "sample"}
+    assert by_stage["sample"].data.tags["mlflow.parentRunId"] == by_stage["train"].info.run_id
+    assert "loss" in by_stage["train"].data.metrics and "all.FRCorr" in by_stage["sample"].data.metrics
+    assert by_stage["train"].data.params["lambda"] == "0.0001"
     # Nothing changed: a second repro runs nothing.
     again = _run([*dvc, "repro"], dest, env)
     assert "Running stage" not in again
@@ -74,15 +102,23 @@ def test_dvc_repro_runs_every_stage(project):
     assert yaml.safe_load((dest / "data.dvc").read_text())["outs"][0]["path"] == "data"
 
 
-def test_dvc_exp_run_with_a_changed_param(project):
+def test_dvc_exp_run_lambda_and_a_sampling_only_change(project):
     dest, env = project
     dvc = [sys.executable, "-m", "dvc"]
     _run([*dvc, "repro"], dest, env)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "lock"], dest, env)
-    log = _run([*dvc, "exp", "run", "-S", "windows.stride=8"], dest, env)
-    assert "Running stage 'windows'" in log
+    _run(["git", "add", "-A"], dest, env)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], dest, env)
+    log = _run([*dvc, "exp", "run", "-S", "lambda=0.001", "--name", "lam-1e-3"], dest, env)
+    assert "Running stage 'train'" in log
     assert "Running stage 'features'" not in log  # unaffected stages come from the cache
-    meta = json.loads((dest / "windows" / "train" / "meta.json").read_text())
-    assert meta["stride"] == 8
+    log = _run([*dvc, "exp", "run", "-S", "sample.steps=2", "--name", "steps-2"], dest, env)
+    assert "Running stage 'sample'" in log
+    assert "Running stage 'train'" not in log  # a sampling-only variant reuses the trained model
     shown = _run([*dvc, "exp", "show", "--csv"], dest, env)
-    assert "windows.stride" in shown
+    assert "lam-1e-3" in shown and "steps-2" in shown and "all.FRCorr" in shown
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{dest / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("reactdiff").experiment_id])
+    tagged = {r.data.tags.get("dvc_exp_name") for r in runs}
+    assert {"lam-1e-3", "steps-2"} <= tagged
