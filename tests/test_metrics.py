@@ -102,9 +102,12 @@ def test_dtw_matches_naive_reference():
     ab = lambda a, b: abs(a - b)  # noqa: E731
     want_abs = [[_naive_dtw(a[:, d], b[:, d], ab) for d in range(3)] for a, b in zip(x, y, strict=True)]
     np.testing.assert_allclose(dtw_abs(x, y), want_abs, rtol=1e-6)
-    # a tiny memory budget splits the batch without changing anything
-    np.testing.assert_allclose(dtw_euclidean(x, y, max_bytes=1), want, rtol=1e-6)
-    np.testing.assert_allclose(dtw_abs(x, y, max_bytes=1), want_abs, rtol=1e-6)
+    # the numpy reference too, and a tiny memory budget splits its batch without changing anything
+    for max_bytes in (metrics.DEFAULT_MAX_BYTES, 1):
+        got = dtw_euclidean(x, y, max_bytes=max_bytes, backend="numpy")
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+        abs_numpy = dtw_abs(x, y, max_bytes=max_bytes, backend="numpy")
+        np.testing.assert_allclose(abs_numpy, want_abs, rtol=1e-6)  # its cost volume is float32
 
 
 def test_dtw_band_matches_naive_banded_reference():
@@ -115,6 +118,7 @@ def test_dtw_band_matches_naive_banded_reference():
     for band in (0, 1, 3):
         want = [math.sqrt(_naive_dtw(a, b, sq, band)) for a, b in zip(x, y, strict=True)]
         np.testing.assert_allclose(dtw_euclidean(x, y, band=band), want, rtol=1e-6)
+        np.testing.assert_allclose(dtw_euclidean(x, y, band=band, backend="numpy"), want, rtol=1e-12)
     # a wide band is exact DTW; band 0 of equal lengths is the frame-by-frame distance
     np.testing.assert_allclose(dtw_euclidean(x, y, band=20), dtw_euclidean(x, y), rtol=1e-12)
     np.testing.assert_allclose(
@@ -132,6 +136,87 @@ def test_dtw_identity_and_symmetry():
     np.testing.assert_array_equal(dtw_abs(x, x), 0.0)
     np.testing.assert_allclose(dtw_euclidean(x, y), dtw_euclidean(y, x), rtol=1e-6)
     np.testing.assert_allclose(dtw_abs(x, y), dtw_abs(y, x), rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------- compiled DTW (numba)
+
+
+@pytest.mark.parametrize("lengths", [(31, 26), (20, 33)])
+def test_compiled_dtw_equals_numpy_reference(lengths):
+    """float32 local costs (on centred inputs) and float64 sums stay within 1e-6 of the float64 reference."""
+    rng = np.random.default_rng(20)
+    B = 2 * metrics.LANES + 5  # three lane groups, the last one mostly idle
+    T, U = lengths
+    x = _smooth(rng, (B, T, 7)) * 3 + 50  # an offset that the centring has to absorb
+    y = _smooth(rng, (B, U, 7)) * 3 + 50
+    for band in (None, abs(T - U), abs(T - U) + 4):
+        for fn in (dtw_euclidean, dtw_abs):
+            got = fn(x, y, band=band, backend="numba")
+            want = fn(x, y, band=band, backend="numpy")
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+    # a single pair: y is broadcast to every lane instead of one y per lane
+    np.testing.assert_allclose(
+        dtw_euclidean(x[:1], y[:1], backend="numba"), dtw_euclidean(x[:1], y[:1], backend="numpy"), rtol=1e-6
+    )
+
+
+def test_default_subsets_are_one_kernel_call_over_two_atoms():
+    cols = list(metrics.resolve_subsets(metrics.SUBSETS, N_COEFFS).values())
+    (group,) = metrics._sq_groups(cols)
+    np.testing.assert_array_equal(group.cols, np.arange(N_COEFFS))
+    assert group.bounds.tolist() == [0, 52, 52, 58]  # atoms: expression, pose
+    np.testing.assert_array_equal(group.weights, [[1, 1], [1, 0], [0, 1]])  # all, expression, pose
+    # overlapping subsets are split so that no call needs more than two atoms
+    cols = [np.arange(0, 6), np.arange(3, 9), np.array([0, 11]), np.arange(12)]
+    groups = metrics._sq_groups(cols)
+    assert [g.subsets.tolist() for g in groups] == [[0], [1, 2], [3]]
+    for g in groups:
+        for s, w in zip(g.subsets, g.weights, strict=True):
+            a, b = g.cols[g.bounds[0] : g.bounds[1]], g.cols[g.bounds[2] : g.bounds[3]]
+            chosen = np.concatenate([a] * int(w[0]) + [b] * int(w[1]))
+            assert sorted(chosen.tolist()) == sorted(cols[s].tolist())
+
+
+def test_frdist_compiled_equals_numpy_backend():
+    """Overlapping subsets, unequal lengths, a band, and every task kind (full, padded and pooled lanes)."""
+    rng = np.random.default_rng(21)
+    N, M, T, U, K, D = 6, 5, 24, 27, 9, 12
+    P = _smooth(rng, (N, M, T, D))
+    L = _smooth(rng, (K, U, D))
+    nb = np.zeros((N, K), bool)
+    nb[:, 0] = True  # 30 pairs: one full lane group and one padded
+    nb[:4, 1] = True  # 20 pairs: one full group and 4 pooled with other neighbours' remainders
+    for k in range(N - 1):
+        nb[k, 2 + k] = True  # 5 pairs each, all pooled
+    subsets = {"a": range(0, 6), "b": range(3, 9), "c": [0, 11], "d": range(12)}
+    for dtw in ("euclidean", "abs"):
+        for band in (None, 5):
+            got = frdist(P, L, nb, subsets, dtw=dtw, band=band, backend="numba")
+            want = frdist(P, L, nb, subsets, dtw=dtw, band=band, backend="numpy")
+            np.testing.assert_allclose(list(got.values()), list(want.values()), rtol=1e-6)
+
+
+def test_compiled_dtw_rejects_bad_input_and_falls_back_without_numba(monkeypatch):
+    rng = np.random.default_rng(22)
+    x, y = rng.normal(size=(2, 5, 3)), rng.normal(size=(2, 6, 3))
+    bad = x.copy()
+    bad[1, 2, 0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        dtw_euclidean(bad, y, backend="numba")
+    with pytest.raises(ValueError, match="finite"):
+        dtw_abs(x, bad, backend="numba")
+    with pytest.raises(ValueError, match="backend"):
+        dtw_euclidean(x, y, backend="cython")
+    with pytest.raises(ValueError, match="repeats"):
+        metrics.resolve_subsets({"twice": [0, 0, 1]}, 3)
+    monkeypatch.setattr(metrics, "numba", None)
+    monkeypatch.setattr(metrics, "_NUMPY_FALLBACK_WARNED", False)
+    with pytest.raises(ImportError, match="pip install numba"):
+        dtw_euclidean(x, y, backend="numba")
+    with pytest.warns(RuntimeWarning, match="numba is not installed"):
+        fallback = dtw_euclidean(x, y)
+    np.testing.assert_allclose(fallback, dtw_euclidean(x, y, backend="numpy"), rtol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------ FRCorr, FRDist
@@ -194,10 +279,12 @@ def test_frdist_in_parallel_batches_and_small_memory_agrees(dyads):
     P, L, _, nb = dyads
     nb = nb.copy()
     nb[1, :] = True  # more neighbours than one fill holds under a tiny budget
-    serial = frdist(P, L, nb)
-    np.testing.assert_allclose(list(frdist(P, L, nb, max_bytes=1).values()), list(serial.values()), rtol=1e-9)
-    parallel = frdist(P, L, nb, workers=2)
-    np.testing.assert_allclose(list(parallel.values()), list(serial.values()), rtol=1e-12)
+    for backend in ("numba", "numpy"):
+        serial = frdist(P, L, nb, backend=backend)
+        small = frdist(P, L, nb, max_bytes=1, backend=backend)
+        np.testing.assert_allclose(list(small.values()), list(serial.values()), rtol=1e-9)
+        parallel = frdist(P, L, nb, workers=2, backend=backend)  # threads with numba, processes with numpy
+        np.testing.assert_allclose(list(parallel.values()), list(serial.values()), rtol=1e-12)
 
 
 def test_clip_without_neighbours_is_left_out(dyads):
