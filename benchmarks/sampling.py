@@ -283,7 +283,9 @@ def main() -> None:
             )
     paper = [r for r in rows if r.preset == "paper"]
     if paper:
-        worst = max(paper, key=lambda r: (r.steps, r.samples))
+        # The paper's own setting (50 steps, M = 10) when measured, else the most expensive one measured.
+        paper_setting = [r for r in paper if (r.steps, r.samples) == (50, 10)]
+        worst = paper_setting[0] if paper_setting else max(paper, key=lambda r: (r.steps, r.samples))
         fast = [r for r in paper if r.p50_ms <= BUDGET_MS]
         reach = ", ".join(f"{r.steps} steps M={r.samples}" for r in fast) or "none of the measured settings"
         lines.append(
