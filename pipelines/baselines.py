@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.evaluate import score
-from pipelines.flows import StageTimer
+from pipelines.flows import StageTimer, worker_count
 from reactdiff import io
 from reactdiff.config import load_params
-from reactdiff.evaluation import baseline_reactions, load_split
+from reactdiff.evaluation import baseline_reactions, load_split, score
 
 FEATURES = Path("features")
 OUT = Path("metrics/baselines.json")
@@ -26,7 +25,10 @@ def main() -> None:
     variants = baseline_reactions(
         split, train, params.sample.samples, params.seed, segment=params.windows.size
     )
-    results = {name: score(P, split, seed=params.seed) for name, P in variants.items()}
+    results = {
+        name: score(P, split, seed=params.seed, workers=min(2, worker_count(0)))
+        for name, P in variants.items()
+    }
     io.write_json(results, OUT)
     summary = ", ".join(f"{name} FRCorr {r['all']['FRCorr']:.3f}" for name, r in results.items())
     timer.done(read=f"{FEATURES}/{params.sample.split}, {FEATURES}/train", wrote=f"{OUT} ({summary})")

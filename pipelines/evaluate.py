@@ -16,8 +16,7 @@ from pipelines import tracking
 from pipelines.flows import StageTimer, worker_count
 from reactdiff import io
 from reactdiff.config import load_params
-from reactdiff.evaluation import SplitArrays, generated_reactions, load_split, markdown_table, results_table
-from reactdiff.metrics import compute_all
+from reactdiff.evaluation import generated_reactions, load_split, markdown_table, results_table, score
 
 FEATURES = Path("features")
 SAMPLES = Path("samples")
@@ -27,21 +26,12 @@ REPORT = Path("reports")
 MODEL_ROW = "ReactDiff"
 
 
-def score(P: np.ndarray, split: SplitArrays, seed: int) -> dict[str, dict[str, float]]:
-    """Every metric on the three coefficient subsets (all, expression, pose) of the paper's tables."""
-    if split.neighbours is None:
-        raise SystemExit("evaluate: the split has no neighbour matrix (neighbour_emotion_<split>.npy)")
-    return compute_all(
-        P, split.listener, split.speaker, split.neighbours, workers=min(2, worker_count(0)), seed=seed
-    )
-
-
 def main() -> None:
     timer = StageTimer("evaluate")
     params = load_params()
     split = load_split(FEATURES / params.sample.split)
     P = generated_reactions(SAMPLES / f"{params.sample.split}.parquet", split)
-    model = score(P, split, seed=params.seed)
+    model = score(P, split, seed=params.seed, workers=min(2, worker_count(0)))
     io.write_json(model, METRICS)
 
     results = {MODEL_ROW: model, **json.loads(BASELINES.read_text())}

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from reactdiff import baselines, layout
 from reactdiff.features import EXAMPLES_FILE, FRAMES_FILE, NEIGHBOURS_FILE, read_frames
+from reactdiff.metrics import compute_all
 
 METRIC_ORDER = ("FRCorr", "FRDist", "FRDiv", "FRDvs", "FRVar", "FRSyn", "FD_stats", "FD_dynamics")
 HIGHER_IS_BETTER = {
@@ -122,6 +123,16 @@ def _pad_frames(x: np.ndarray, frames: int) -> np.ndarray:
         return x[:, :frames]
     pad = np.repeat(x[:, -1:], frames - x.shape[1], axis=1)
     return np.concatenate([x, pad], axis=1)
+
+
+def score(P: np.ndarray, split: SplitArrays, seed: int, workers: int = 1) -> dict[str, dict[str, float]]:
+    """Every metric of ``P [N, M, T, 58]`` on the paper's three coefficient subsets (all, expression, pose).
+
+    The model and every baseline go through this one function, so the rows of a table are comparable.
+    """
+    if split.neighbours is None:
+        raise ValueError("the split has no neighbour matrix (neighbour_emotion_<split>.npy in the corpus)")
+    return compute_all(P, split.listener, split.speaker, split.neighbours, workers=workers, seed=seed)
 
 
 def results_table(results: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:
