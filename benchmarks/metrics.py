@@ -7,11 +7,13 @@
 
 Data: random smooth reactions (moving averages of white noise, float32, 58 coefficients), ``K`` real
 reactions (default ``max(2N, 8)``) and exactly ``--neighbours`` appropriate reactions per clip, seeded.
-Each metric runs in its own process, so its peak RSS is its own ("work MB": that peak minus the RSS once
-the data exist), after a warm-up call on tiny data (first-call costs of BLAS/LAPACK and numba's
-compilation or cache loading are not the metric's). Every metric is computed for the three subsets (all,
-expression, pose) in one call, as ``compute_all`` does. The 1-minute load average of the machine is
-recorded when each measurement starts: other processes competing for the cores inflate wall-clock times.
+FD_learned embeds with a realism encoder (reactdiff/realism.py) trained, untimed, on up to 64 of the
+real reactions before the measurement. Each metric runs in its own process, so its peak RSS is its own
+("work MB": that peak minus the RSS once the data exist), after a warm-up call on tiny data (first-call
+costs of BLAS/LAPACK and numba's compilation or cache loading are not the metric's). Every metric is
+computed for the three subsets (all, expression, pose) in one call, as ``compute_all`` does. The
+1-minute load average of the machine is recorded when each measurement starts: other processes
+competing for the cores inflate wall-clock times.
 
 Default mode: two scales, and the last column extrapolates the main scale to the REACT2024 test set (806
 sessions, so ``N = K = 1612`` clips, ``M = 10``, ``T = 750``): every metric is linear in the number of
@@ -53,8 +55,11 @@ METRICS = (
     "FD_stats_real_floor",
     "FD_dynamics",
     "FD_dynamics_real_floor",
+    "FD_learned",
+    "FD_learned_real_floor",
     "compute_all",
 )
+LEARNED = {"FD_learned", "FD_learned_real_floor", "compute_all"}  # need a trained realism encoder
 PER_NEIGHBOUR = {"FRCorr", "FRDist"}  # the metrics whose cost grows with |A(k)|
 
 
@@ -108,14 +113,24 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _encoder(L: np.ndarray, window: int):
+    """A realism encoder (reactdiff/realism.py, default config but ``window``) trained on up to 64 of
+    ``L``: its training is the ``realism_encoder`` stage's cost, not the metric's, so it is not timed."""
+    from reactdiff.realism import RealismConfig, train_realism_encoder
+
+    return train_realism_encoder(L[:64], RealismConfig(window=window), device="cpu")
+
+
 def _run_one(args: argparse.Namespace) -> None:
     name = args.metric
-    tiny = _data(2, 2, 60, 2, seed=1)
+    tiny = _data(4, 2, 60, 2, seed=1)
+    args.encoder = _encoder(tiny[1], 20) if name in LEARNED else None
     _compute(name, *tiny, args, window=20)  # warm-up: thread pools, LAPACK initialisation, numba, imports
     if args.cached:
         P, L, S, nb = _cached_data(args.clips, args.samples, args.frames, args.neighbours, args.real)
     else:
         P, L, S, nb = _data(args.clips, args.samples, args.frames, args.neighbours, args.real)
+    args.encoder = _encoder(L, 50) if name in LEARNED else None
     base = _rss_mb()
     load = os.getloadavg()[0]
     start = time.perf_counter()
@@ -144,7 +159,13 @@ def _compute(
     args: argparse.Namespace,
     window: int = 50,
 ) -> dict[str, float]:
-    """One metric (or compute_all, reduced to its FRDist values) for every subset."""
+    """One metric (or compute_all, reduced to its FRDist values) for every subset.
+
+    The FD_learned rows and compute_all (which includes FD_learned) embed with ``args.encoder``, using
+    ``args.workers`` threads as the evaluate stage does.
+    """
+    if getattr(args, "encoder", None) is not None:
+        args.encoder.workers = args.workers
     if name == "FRCorr":
         value = m.frcorr(P, L, nb)
     elif name == "FRDist":
@@ -158,22 +179,25 @@ def _compute(
     elif name == "FRSyn":
         value = m.frsyn(P, S)
     elif name.startswith("FD_"):
-        kind = name.split("_")[1]
         cols = m.resolve_subsets(m.SUBSETS, P.shape[-1])
+        kinds = args.encoder.extractors() if name.startswith("FD_learned") else None
+        kind = {s: kinds[s] for s in cols} if kinds else {s: name.split("_")[1] for s in cols}
         if name.endswith("floor"):
-            value = {s: m.real_floor(L, kind, window, columns=c) for s, c in cols.items()}
+            value = {s: m.real_floor(L, kind[s], window, columns=c) for s, c in cols.items()}
         else:
             value = {
                 s: m.frechet_distance(
-                    m.window_features(P, kind, window, columns=c),
-                    m.window_features(L, kind, window, columns=c),
+                    m.window_features(P, kind[s], window, columns=c),
+                    m.window_features(L, kind[s], window, columns=c),
                 )
                 for s, c in cols.items()
             }
     elif name == "compute_all":
+        kinds = {"stats": "stats", "dynamics": "dynamics", "learned": args.encoder.extractors()}
         results = m.compute_all(
-            P, L, S, nb, dtw=args.dtw, workers=args.workers, backend=args.backend, window=window
-        )
+            P, L, S, nb, dtw=args.dtw, workers=args.workers, backend=args.backend, window=window,
+            feature_kinds=kinds,
+        )  # fmt: skip
         value = {s: v["FRDist"] for s, v in results.items()}
     else:
         raise SystemExit(f"unknown metric {name}")

@@ -1,7 +1,8 @@
 """DVC stage ``baselines``: the paper's reference rows (GT, Mirror, Random, NN motion, NN audio).
 
 They depend on the data and the split only, not on the model, so they are their own stage: DVC
-computes them once and every experiment's ``evaluate`` reuses them.
+computes them once and every experiment's ``evaluate`` reuses them. Scored with the learned realism
+feature of the ``realism_encoder`` stage (``FD_learned``) beside the hand-made ones.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from pipelines.flows import StageTimer, worker_count
 from reactdiff import io
 from reactdiff.config import load_params
 from reactdiff.evaluation import baseline_reactions, load_split, score
+from reactdiff.realism import load_encoder
 
 FEATURES = Path("features")
+REALISM_ENCODER = Path("models_realism/encoder.pt")
 OUT = Path("metrics/baselines.json")
 
 
@@ -22,16 +25,21 @@ def main() -> None:
     params = load_params()
     split = load_split(FEATURES / params.sample.split)
     train = load_split(FEATURES / "train")
+    encoder = load_encoder(REALISM_ENCODER, device=params.realism.device)
     variants = baseline_reactions(
         split, train, params.sample.samples, params.seed, segment=params.windows.size
     )
+    workers = min(2, worker_count(0))
     results = {
-        name: score(P, split, seed=params.seed, workers=min(2, worker_count(0)))
+        name: score(P, split, seed=params.seed, workers=workers, realism_encoder=encoder)
         for name, P in variants.items()
     }
     io.write_json(results, OUT)
     summary = ", ".join(f"{name} FRCorr {r['all']['FRCorr']:.3f}" for name, r in results.items())
-    timer.done(read=f"{FEATURES}/{params.sample.split}, {FEATURES}/train", wrote=f"{OUT} ({summary})")
+    timer.done(
+        read=f"{FEATURES}/{params.sample.split}, {FEATURES}/train, {REALISM_ENCODER}",
+        wrote=f"{OUT} ({summary})",
+    )
 
 
 if __name__ == "__main__":

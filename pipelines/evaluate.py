@@ -1,6 +1,7 @@
 """DVC stage ``evaluate``: the REACT metrics of the generated reactions, beside the baselines.
 
-Writes ``metrics/evaluate.json`` (DVC metrics: the model's scores per coefficient subset, shown by
+Scores with the learned realism feature of the ``realism_encoder`` stage (``FD_learned``). Writes
+``metrics/evaluate.json`` (DVC metrics: the model's scores per coefficient subset, shown by
 ``dvc metrics show`` and ``dvc exp show``), ``reports/evaluate.csv`` and ``reports/evaluate.md`` (model
 and every baseline, per subset) and logs the metrics to the sampling run in MLflow.
 """
@@ -17,10 +18,12 @@ from pipelines.flows import StageTimer, worker_count
 from reactdiff import io
 from reactdiff.config import load_params
 from reactdiff.evaluation import generated_reactions, load_split, markdown_table, results_table, score
+from reactdiff.realism import load_encoder
 
 FEATURES = Path("features")
 SAMPLES = Path("samples")
 BASELINES = Path("metrics/baselines.json")
+REALISM_ENCODER = Path("models_realism/encoder.pt")
 METRICS = Path("metrics/evaluate.json")
 REPORT = Path("reports")
 MODEL_ROW = "ReactDiff"
@@ -31,7 +34,8 @@ def main() -> None:
     params = load_params()
     split = load_split(FEATURES / params.sample.split)
     P = generated_reactions(SAMPLES / f"{params.sample.split}.parquet", split)
-    model = score(P, split, seed=params.seed, workers=min(2, worker_count(0)))
+    encoder = load_encoder(REALISM_ENCODER, device=params.realism.device)
+    model = score(P, split, seed=params.seed, workers=min(2, worker_count(0)), realism_encoder=encoder)
     io.write_json(model, METRICS)
 
     results = {MODEL_ROW: model, **json.loads(BASELINES.read_text())}
@@ -53,7 +57,7 @@ def main() -> None:
         mlflow.log_artifact(str(REPORT / "evaluate.csv"))
     headline = ", ".join(f"{k} {model['all'][k]:.4g}" for k in ("FRCorr", "FRDist", "FRDiv", "FRSyn"))
     timer.done(
-        read=f"{SAMPLES}/, {FEATURES}/{params.sample.split}, {BASELINES}",
+        read=f"{SAMPLES}/, {FEATURES}/{params.sample.split}, {BASELINES}, {REALISM_ENCODER}",
         wrote=f"{METRICS} ({headline}), {REPORT}/",
     )
     print(markdown_table(table, "all"))

@@ -57,8 +57,6 @@ def run_tags(stage: str) -> dict[str, str]:
     for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
-    if os.environ.get("REACTDIFF_PARENT_RUN_ID"):  # set by the ablation runner for one parent per table
-        tags["mlflow.parentRunId"] = os.environ["REACTDIFF_PARENT_RUN_ID"]
     return tags
 
 

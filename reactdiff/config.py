@@ -126,6 +126,11 @@ class SampleParams(_Section):
     eta: float = Field(default=1.0, ge=0)
     guidance_scale: float = 1.5
     """Classifier-free guidance scale; 1 disables guidance."""
+    clip_expression: bool = True
+    """Clamp generated blendshape weights to [0, 1] (returned and fed back as the next past)."""
+    batch_examples: int = Field(default=16, ge=1)
+    """Examples generated in lockstep as one denoiser batch (whole sessions per task): bigger batches
+    use the cores (or GPU) better; each example keeps its own seed whatever the batch."""
     device: str = "auto"
     runner: Literal["thread", "process", "dask"] = "thread"
     workers: int = Field(default=0, ge=0)
@@ -141,6 +146,22 @@ class RenderParams(_Section):
     """Coefficients plotted over time (expression names, or pitch/yaw/roll/tx/ty/tz)."""
 
 
+class RealismParams(_Section):
+    """The learned realism feature (reactdiff/realism.py), trained on the train split's listeners."""
+
+    window: int = Field(default=50, ge=8)
+    """Frames per window; must equal the metrics' FD window (50 frames, 2 s)."""
+    embedding_dim: int = Field(default=32, ge=1)
+    channels: int = Field(default=32, ge=1)
+    steps: int = Field(default=300, ge=1)
+    batch_size: int = Field(default=32, ge=2)
+    lr: float = Field(default=3e-3, gt=0)
+    temperature: float = Field(default=0.1, gt=0)
+    jitter: float = Field(default=0.05, ge=0)
+    """Std of the noise added to anchor and positive windows, in train-std units."""
+    device: str = "auto"
+
+
 class Params(_Section):
     seed: int = 0
     fac_weight: float = Field(default=1e-4, ge=0, alias="lambda")
@@ -153,6 +174,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     sample: SampleParams = SampleParams()
     render: RenderParams = RenderParams()
+    realism: RealismParams = RealismParams()
 
     @field_validator("fac_weight", mode="before")
     @classmethod
@@ -182,6 +204,11 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
 
 
+def load_yaml(text: str) -> Any:
+    """YAML as DVC writes and reads params (YAML 1.2 floats: ``1e-4`` is a number, not a string)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     if raw is None:
         raw = {}
@@ -206,7 +233,7 @@ def load_params(path: Path | str | None = None) -> Params:
     if not path.exists():
         raise ConfigError(f"{path}: not found; run the stage from the project root or set REACTDIFF_PARAMS")
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     return parse_params(raw, source=str(path))

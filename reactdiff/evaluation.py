@@ -18,8 +18,12 @@ import pyarrow.parquet as pq
 from reactdiff import baselines, layout
 from reactdiff.features import EXAMPLES_FILE, FRAMES_FILE, NEIGHBOURS_FILE, read_frames
 from reactdiff.metrics import compute_all
+from reactdiff.realism import RealismEncoder
 
-METRIC_ORDER = ("FRCorr", "FRDist", "FRDiv", "FRDvs", "FRVar", "FRSyn", "FD_stats", "FD_dynamics")
+FD_WINDOW = 50  # frames per realism window (2 s), for every FD of a table
+METRIC_ORDER = (
+    "FRCorr", "FRDist", "FRDiv", "FRDvs", "FRVar", "FRSyn", "FD_stats", "FD_dynamics", "FD_learned", "Jitter",
+)  # fmt: skip
 HIGHER_IS_BETTER = {
     "FRCorr": True,
     "FRDist": False,
@@ -125,14 +129,36 @@ def _pad_frames(x: np.ndarray, frames: int) -> np.ndarray:
     return np.concatenate([x, pad], axis=1)
 
 
-def score(P: np.ndarray, split: SplitArrays, seed: int, workers: int = 1) -> dict[str, dict[str, float]]:
+def score(
+    P: np.ndarray,
+    split: SplitArrays,
+    seed: int,
+    workers: int = 1,
+    realism_encoder: RealismEncoder | None = None,
+) -> dict[str, dict[str, float]]:
     """Every metric of ``P [N, M, T, 58]`` on the paper's three coefficient subsets (all, expression, pose).
 
     The model and every baseline go through this one function, so the rows of a table are comparable.
+    With ``realism_encoder`` (the ``realism_encoder`` stage's artifact), the Frechet distance of its
+    embeddings is added as ``FD_learned`` with its real-vs-real floor ``FD_learned_real_floor``, on
+    windows of the encoder's length, beside the hand-made ``FD_stats`` and ``FD_dynamics``.
     """
     if split.neighbours is None:
         raise ValueError("the split has no neighbour matrix (neighbour_emotion_<split>.npy in the corpus)")
-    return compute_all(P, split.listener, split.speaker, split.neighbours, workers=workers, seed=seed)
+    kinds: dict = {"stats": "stats", "dynamics": "dynamics"}
+    window = FD_WINDOW
+    if realism_encoder is not None:
+        if realism_encoder.config.window != FD_WINDOW:
+            raise ValueError(
+                f"the realism encoder was trained on {realism_encoder.config.window}-frame windows; the "
+                f"FD window is {FD_WINDOW} frames: set realism.window: {FD_WINDOW} in params.yaml"
+            )
+        realism_encoder.workers = max(1, workers)
+        kinds["learned"] = realism_encoder.extractors()
+    return compute_all(
+        P, split.listener, split.speaker, split.neighbours, workers=workers, seed=seed,
+        feature_kinds=kinds, window=window,
+    )  # fmt: skip
 
 
 def results_table(results: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:

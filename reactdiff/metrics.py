@@ -47,6 +47,8 @@ ReactDiff's own 3DMM evaluation code is not public:
 - **FRDiv** (:func:`frdiv`): mean over clips of the mean squared difference between two different
   samples of the same clip (ordered pairs ``i != j``), per frame and dimension; equal to the public
   ``compute_FRDiv``. Closed form used: ``2 * var(ddof=1)`` over the samples, averaged over frames and dims.
+- **Jitter** (:func:`jitter`, not a REACT metric): the mean squared frame-to-frame acceleration, a
+  direct measure of the smoothness the FBK prior is meant to bring (used by the Table 4 ablation).
 - **FRVar** (:func:`frvar`): mean over clips, samples and dimensions of the variance over time, with the
   unbiased estimator (``ddof=1``) like the public ``torch.var``.
 - **FRDvs** (:func:`frdvs`): for each sample index, the mean squared difference between the reactions to
@@ -72,7 +74,9 @@ ReactDiff's own 3DMM evaluation code is not public:
   named extractor (``stats``: per-dimension mean and std of each window; ``dynamics``: per-dimension mean
   absolute velocity and acceleration) or any callable (a learned encoder plugs in here). The real floor
   is the distance between two random halves (by clip) of the real reactions: the value an ideal
-  generator would reach at that sample size, reported beside each score.
+  generator would reach at that sample size, reported beside each score. A third, learned feature
+  (``FD_learned``: embeddings of a small temporal encoder trained on the train split's listeners,
+  :mod:`reactdiff.realism`) enters :func:`compute_all` as a ``{subset: callable}`` feature kind.
 
 :func:`compute_all` runs everything for every subset and returns ``{subset: {metric: value}}``.
 """
@@ -1140,6 +1144,26 @@ def frvar(P: np.ndarray, subsets: SubsetSpec = tuple(SUBSETS)) -> dict[str, floa
     return _subset_means(total / (N * M), cols)
 
 
+def jitter(P: np.ndarray, subsets: SubsetSpec = tuple(SUBSETS)) -> dict[str, float]:
+    """Jitter per subset: mean over clips, samples, frames and dims of the squared acceleration.
+
+    ``mean((x[t + 1] - 2 x[t] + x[t - 1])^2)`` over ``t = 1..T-2``: zero for motion at constant velocity,
+    large for frame-to-frame shaking. Not a REACT metric: it measures directly the smoothness the
+    paper's FBK prior is meant to bring (Table 4), which FRVar and FRDvs only reflect indirectly.
+    ``P`` ``[N, M, T, D]`` with ``T >= 3``.
+    """
+    P = _check_reactions(P)
+    N, M, T, D = P.shape
+    if T < 3:
+        raise ValueError(f"jitter needs at least 3 frames, got {T}")
+    cols = resolve_subsets(subsets, D)
+    total = np.zeros(D)
+    for sl in _clip_chunks(N, M * T * D * 8):
+        x = np.asarray(P[sl], np.float64)
+        total += np.square(x[:, :, 2:] - 2 * x[:, :, 1:-1] + x[:, :, :-2]).sum(axis=(0, 1, 2))
+    return _subset_means(total / (N * M * (T - 2)), cols)
+
+
 def frdvs(P: np.ndarray, subsets: SubsetSpec = tuple(SUBSETS)) -> dict[str, float]:
     """FRDvs per subset: mean squared difference between reactions to two different speaker clips.
 
@@ -1311,17 +1335,20 @@ def window_features(
     """
     fn = FEATURE_EXTRACTORS[kind] if isinstance(kind, str) else kind
     x = np.asarray(x)
-    if columns is not None:
-        x = x[..., columns]
-    T, D = x.shape[-2:]
+    T = x.shape[-2]
+    # Columns are selected chunk by chunk: x[..., columns] up front copies all of x (2.8 GB for the
+    # REACT test set's generated reactions), once per concurrent FD in compute_all.
+    cols = np.arange(x.shape[-1]) if columns is None else np.arange(x.shape[-1])[columns]
+    D = len(cols)
     hop = window if hop is None else hop
     if window > T or (kind == "dynamics" and window < 3):
         raise ValueError(f"window {window} does not fit clips of {T} frames (dynamics needs >= 3)")
     starts = np.arange(0, T - window + 1, hop)
-    seqs = x.reshape(-1, T, D)
+    seqs = x.reshape(-1, T, x.shape[-1])
     feats = []
     for sl in _clip_chunks(len(seqs), len(starts) * window * D * 8 * 4):  # float64 windows + temporaries
-        view = np.lib.stride_tricks.sliding_window_view(seqs[sl], window, axis=1)[:, starts]
+        chunk = seqs[sl] if columns is None else seqs[sl][..., cols]
+        view = np.lib.stride_tricks.sliding_window_view(chunk, window, axis=1)[:, starts]
         wins = np.asarray(view, np.float64).transpose(0, 1, 3, 2).reshape(-1, window, D)  # [n, window, D]
         feats.append(np.asarray(fn(wins), np.float64))
     return np.concatenate(feats, axis=0)
@@ -1378,6 +1405,19 @@ def real_floor(
     return frechet_distance(fa, fb)
 
 
+def _floor_from_features(real_features: np.ndarray, n_clips: int, seed: int) -> float:
+    """:func:`real_floor` from the features of all real clips (rows clip by clip, equally many each).
+
+    The same halves, rows and order as :func:`real_floor` draws, without extracting the features again.
+    """
+    per_clip = real_features.reshape(n_clips, -1, real_features.shape[-1])
+    order = np.random.default_rng(seed).permutation(n_clips)
+    half = n_clips // 2
+    fa = per_clip[order[:half]].reshape(-1, real_features.shape[-1])
+    fb = per_clip[order[half:]].reshape(-1, real_features.shape[-1])
+    return frechet_distance(fa, fb)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Everything
 
@@ -1394,7 +1434,10 @@ def compute_all(
     workers: int = 1,
     backend: str = "auto",
     max_lag: int = SYN_MAX_LAG,
-    feature_kinds: Mapping[str, str | FeatureFn] | Sequence[str] = ("stats", "dynamics"),
+    feature_kinds: Mapping[str, str | FeatureFn | Mapping[str, FeatureFn]] | Sequence[str] = (
+        "stats",
+        "dynamics",
+    ),
     window: int = 50,
     seed: int = 0,
     const_tol: float = CONST_TOL,
@@ -1403,12 +1446,15 @@ def compute_all(
 
     ``P`` ``[N, M, T, D]`` generated, ``L`` ``[K, T, D]`` all real listener reactions of the split, ``S``
     ``[N, T, D]`` speakers, ``neighbours`` bool ``[N, K]``. Metrics: ``FRCorr``, ``FRDist``, ``FRDiv``,
-    ``FRVar``, ``FRDvs``, ``FRSyn``, and for each feature kind ``FD_<kind>`` (generated vs all real
-    reactions) and ``FD_<kind>_real_floor``. Counts: ``clips_without_neighbours`` (left out of FRCorr and
-    FRDist), ``constant_channels`` (clip, sample, dim channels of ``P`` constant over time),
-    ``FRSyn_excluded_channels`` (constant over the whole clip in ``P`` or ``S``), ``FRSyn_excluded_reactions``
-    (no valid channel at any lag) and ``FRSyn_reactions`` (scored). ``workers`` parallelises FRDist
-    (threads with the compiled ``backend``, processes with numpy).
+    ``FRVar``, ``FRDvs``, ``FRSyn``, ``Jitter`` (smoothness, not a REACT metric), and for each feature
+    kind ``FD_<kind>`` (generated vs all real reactions) and ``FD_<kind>_real_floor``. Counts:
+    ``clips_without_neighbours`` (left out of FRCorr and FRDist), ``constant_channels`` (clip, sample, dim
+    channels of ``P`` constant over time), ``FRSyn_excluded_channels`` (constant over the whole clip in
+    ``P`` or ``S``), ``FRSyn_excluded_reactions`` (no valid channel at any lag) and ``FRSyn_reactions``
+    (scored). ``workers`` parallelises FRDist (threads with the compiled ``backend``, processes with
+    numpy). ``feature_kinds``: names of :data:`FEATURE_EXTRACTORS`, or ``{label: kind}`` where a kind is a
+    name, a callable, or a ``{subset: callable}`` mapping (one extractor per subset, e.g. the learned
+    encoders of :mod:`reactdiff.realism`; subsets it lacks get no ``FD_<label>``).
     """
     P = _check_reactions(P)
     L, S = np.asarray(L), np.asarray(S)
@@ -1421,32 +1467,58 @@ def compute_all(
     no_neighbours = sum(1 for js in lists if js.size == 0)
 
     results: dict[str, dict[str, float]] = {name: {} for name in cols}
+    Entry = tuple[str, str, float]  # (subset, metric, value)
 
-    def put(metric: str, values: Mapping[str, float]) -> None:
-        for name, v in values.items():
-            results[name][metric] = float(v)
+    def per_subset(metric: str, values: Mapping[str, float]) -> list[Entry]:
+        return [(name, metric, float(v)) for name, v in values.items()]
 
-    put("FRCorr", frcorr(P, L, neighbours, cols, const_tol))
-    put("FRDist", frdist(P, L, neighbours, cols, dtw=dtw, band=band, workers=workers, backend=backend))
-    put("FRDiv", frdiv(P, cols))
-    put("FRVar", frvar(P, cols))
-    put("FRDvs", frdvs(P, cols))
-    syn = _frsyn_counts(P, S, cols, max_lag, const_tol)
-    put("FRSyn", {n: v[0] for n, v in syn.items()})
-    put("FRSyn_reactions", {n: v[1] for n, v in syn.items()})
-    put("FRSyn_excluded_channels", {n: v[2] for n, v in syn.items()})
-    put("FRSyn_excluded_reactions", {n: v[3] for n, v in syn.items()})
+    def syn_entries() -> list[Entry]:
+        syn = _frsyn_counts(P, S, cols, max_lag, const_tol)
+        keys = ("FRSyn", "FRSyn_reactions", "FRSyn_excluded_channels", "FRSyn_excluded_reactions")
+        return [(name, key, float(v[i])) for i, key in enumerate(keys) for name, v in syn.items()]
+
+    def fd_entries(label: str, name: str, fn: str | FeatureFn) -> list[Entry]:
+        idx = cols[name]
+        gen = window_features(P, fn, window, columns=idx)
+        real = window_features(L, fn, window, columns=idx)
+        enough = len(gen) >= 2 and len(real) >= 2
+        fd = frechet_distance(gen, real) if enough else math.nan
+        floor = _floor_from_features(real, len(L), seed) if len(L) >= 4 else math.nan
+        return [(name, f"FD_{label}", fd), (name, f"FD_{label}_real_floor", floor)]
+
+    def constant_entries() -> list[Entry]:
+        constant = np.zeros(D, np.int64)
+        for sl in _clip_chunks(N, M * T * D * 8):
+            constant += (np.asarray(P[sl], np.float64).std(axis=2) <= const_tol).sum(axis=(0, 1))
+        return per_subset("constant_channels", {name: int(constant[idx].sum()) for name, idx in cols.items()})
+
+    dist = frdist(P, L, neighbours, cols, dtw=dtw, band=band, workers=workers, backend=backend)
+    tasks: list[Callable[[], list[Entry]]] = [
+        lambda: per_subset("FRCorr", frcorr(P, L, neighbours, cols, const_tol)),
+        lambda: per_subset("FRDist", dist),
+        lambda: per_subset("FRDiv", frdiv(P, cols)),
+        lambda: per_subset("FRVar", frvar(P, cols)),
+        lambda: per_subset("FRDvs", frdvs(P, cols)),
+        lambda: per_subset("Jitter", jitter(P, cols)) if T >= 3 else [],
+        syn_entries,
+    ]
     for label, kind in kinds.items():
-        for name, idx in cols.items():
-            gen = window_features(P, kind, window, columns=idx)
-            real = window_features(L, kind, window, columns=idx)
-            enough = len(gen) >= 2 and len(real) >= 2
-            results[name][f"FD_{label}"] = frechet_distance(gen, real) if enough else math.nan
-            floor = real_floor(L, kind, window, seed, columns=idx) if len(L) >= 4 else math.nan
-            results[name][f"FD_{label}_real_floor"] = floor
-    constant = np.zeros(D, np.int64)
-    for sl in _clip_chunks(N, M * T * D * 8):
-        constant += (np.asarray(P[sl], np.float64).std(axis=2) <= const_tol).sum(axis=(0, 1))
-    put("constant_channels", {name: int(constant[idx].sum()) for name, idx in cols.items()})
-    put("clips_without_neighbours", {name: no_neighbours for name in cols})
+        for name in cols:
+            fn = kind.get(name) if isinstance(kind, Mapping) else kind
+            if fn is not None:  # a per-subset extractor mapping without this subset: not scored
+                tasks.append(lambda label=label, name=name, fn=fn: fd_entries(label, name, fn))
+    tasks.append(constant_entries)
+    # The metrics besides FRDist are single-threaded numpy, which releases the GIL in its array loops:
+    # ``workers`` threads run them side by side (each bounds its own working memory to DEFAULT_MAX_BYTES).
+    # Results are collected in task order, so the output does not depend on which finishes first.
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            entries = list(pool.map(lambda task: task(), tasks))
+    else:
+        entries = [task() for task in tasks]
+    for group in entries:
+        for name, metric, value in group:
+            results[name][metric] = value
+    for name in cols:
+        results[name]["clips_without_neighbours"] = float(no_neighbours)
     return results

@@ -22,6 +22,19 @@ generator's own ``torch.Generator`` (on the CPU, so CPU and CUDA runs draw the s
 depends on the seed and ``k`` only, never on the speaker inputs: changing the speaker after window ``k``
 leaves windows ``1..k`` bit-identical.
 
+Ranges. The 52 expression coefficients are blendshape weights in ``[0, 1]``; the denoiser's estimate can
+overshoot them slightly (more so early in training), and a weight outside the range has no face to
+render. With ``clip_expression=True`` (the default) each generated window's expression weights are
+clamped to ``[0, 1]`` before they are returned AND before they become the next window's past, so the
+model is always conditioned on a past inside the range it was trained on. Pose is unbounded and is
+never clipped.
+
+Streams. One generator can run ``streams`` independent conversations in lockstep (offline batch
+generation, :func:`generate_clips`): their ``streams x M`` rows go through the denoiser as one batch,
+which is several times faster on a CPU than one conversation at a time, while each stream draws its
+noise from its own ``torch.Generator``; a stream batched with others gets the same noise as alone (its
+outputs then agree to float rounding, the batch size changing the order of the network's sums).
+
 Audio. :meth:`~OnlineReactionGenerator.step` takes either precomputed per-frame audio features or the
 raw 16 kHz speaker audio of the new frames; raw audio is appended to a bounded rolling buffer (the
 encoder's left context plus one chunk) and encoded with :func:`reactdiff.audio.encode_causal_window`,
@@ -32,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -43,7 +57,7 @@ from reactdiff.features import NormStats
 from reactdiff.model import Conditions
 from reactdiff.samplers import SOLVERS, Denoiser, sample
 
-__all__ = ["INITIAL_PAST", "OnlineReactionGenerator", "derive_seed", "generate_clip"]
+__all__ = ["INITIAL_PAST", "OnlineReactionGenerator", "derive_seed", "generate_clip", "generate_clips"]
 
 INITIAL_PAST = ("first_frame", "mean")
 
@@ -99,9 +113,14 @@ class OnlineReactionGenerator:
         device: torch.device | str | None = None,
         encoder: AudioEncoder | None = None,
         initial_past: str = "first_frame",
+        clip_expression: bool = True,
+        streams: int = 1,
     ) -> None:
-        if window < 1 or samples < 1 or steps < 1:
-            raise ValueError(f"window, samples and steps must be >= 1, got {window}, {samples}, {steps}")
+        if window < 1 or samples < 1 or steps < 1 or streams < 1:
+            raise ValueError(
+                "window, samples, steps and streams must be >= 1, got "
+                f"{window}, {samples}, {steps}, {streams}"
+            )
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
         if initial_past not in INITIAL_PAST:
@@ -135,14 +154,25 @@ class OnlineReactionGenerator:
         self.eta = float(eta)
         self.guidance_scale = float(guidance_scale)
         self.seed = int(seed)
+        self.seeds: list[int] = []
         self.encoder = encoder
         self.initial_past = initial_past
+        self.clip_expression = bool(clip_expression)
+        self.streams = int(streams)
+        # Blendshape weights 0 and 1 in model space: normalisation is increasing, so clamping there is
+        # clamping in FaceVerse units.
+        expression = slice(0, layout.N_EXPRESSION)
+        self._expression_low = torch.from_numpy(stats.normalise_face(np.zeros(layout.N_COEFFS))[expression])
+        self._expression_high = torch.from_numpy(stats.normalise_face(np.ones(layout.N_COEFFS))[expression])
+        self._expression_low = self._expression_low.to(self.device)
+        self._expression_high = self._expression_high.to(self.device)
         self._hop = layout.MODEL_SAMPLE_RATE // layout.FPS
         if encoder is not None:
             if encoder.sample_rate % layout.FPS:
                 raise ValueError(f"encoder sample rate {encoder.sample_rate} Hz is not a multiple of the fps")
             self._hop = encoder.sample_rate // layout.FPS
-        self._generator = torch.Generator(device="cpu")
+        self._generators = [torch.Generator(device="cpu") for _ in range(self.streams)]
+        self._set_seeds(self.seed)
         self.reset()
 
     # -- state ---------------------------------------------------------------------------------------
@@ -152,35 +182,60 @@ class OnlineReactionGenerator:
         """Frames generated so far (the global index of the next frame)."""
         return self._frame
 
-    def reset(self, listener_start: np.ndarray | None = None, seed: int | None = None) -> None:
-        """Start a new conversation: frame counter 0, empty histories, noise generator re-seeded.
+    def reset(
+        self,
+        listener_start: np.ndarray | None = None,
+        seed: int | Sequence[int] | None = None,
+    ) -> None:
+        """Start a new conversation: frame counter 0, empty histories, noise generators re-seeded.
 
         ``listener_start``: ``[58]`` FaceVerse coefficients of the listener's state before the
-        conversation, the past of the first window under ``initial_past="first_frame"``; ``None`` means
-        the train mean. Under ``initial_past="mean"`` the first past is the train mean whatever is given,
-        as in training. ``seed``: ``None`` keeps the constructor's seed.
+        conversation (``[streams, 58]`` for several streams), the past of the first window under
+        ``initial_past="first_frame"``; ``None`` means the train mean. Under ``initial_past="mean"`` the
+        first past is the train mean whatever is given, as in training. ``seed``: ``None`` keeps the
+        current seeds; an int seeds a single stream, or stream ``s`` of several with
+        ``derive_seed(seed, "stream<s>")``; a sequence gives one seed per stream.
         """
         if seed is not None:
-            self.seed = int(seed)
-        self._generator.manual_seed(self.seed)
+            self._set_seeds(seed)
+        for generator, stream_seed in zip(self._generators, self.seeds, strict=True):
+            generator.manual_seed(stream_seed)
         self._frame = 0
-        w, m = self.window, self.samples
-        start = torch.zeros(layout.N_COEFFS)
+        w, m, streams = self.window, self.samples, self.streams
+        start = torch.zeros(streams, layout.N_COEFFS)
         if listener_start is not None and self.initial_past == "first_frame":
             listener_start = np.asarray(listener_start, dtype=np.float32)
-            if listener_start.shape != (layout.N_COEFFS,):
-                raise ValueError(f"listener_start must be [{layout.N_COEFFS}], got {listener_start.shape}")
-            start = torch.from_numpy(self.stats.normalise_face(listener_start))
-        # Model-space listener frames [frame - 2w, frame) of every sample; the frames before 0 are the
-        # initial past. Two windows are enough: a window ending at frame + k - 1 (1 <= k <= w) has its
-        # past in [frame + k - 2w, frame + k - w).
-        self._listener = start.to(self.device).expand(m, 2 * w, -1).clone()
+            expected = (layout.N_COEFFS,) if streams == 1 else (streams, layout.N_COEFFS)
+            if listener_start.shape != expected:
+                raise ValueError(f"listener_start must be {list(expected)}, got {list(listener_start.shape)}")
+            start = torch.from_numpy(self.stats.normalise_face(listener_start)).reshape(streams, -1)
+        # Model-space listener frames [frame - 2w, frame) of every row (stream-major: row s * M + i is
+        # sample i of stream s); the frames before 0 are the initial past. Two windows are enough: a
+        # window ending at frame + k - 1 (1 <= k <= w) has its past in [frame + k - 2w, frame + k - w).
+        self._listener = (
+            start.to(self.device)[:, None, None]
+            .expand(streams, m, 2 * w, -1)
+            .reshape(streams * m, 2 * w, layout.N_COEFFS)
+        )
         # Normalised speaker inputs of the last (up to) w frames, for windows that overlap earlier frames.
-        self._speaker_face = torch.zeros(0, layout.N_COEFFS, device=self.device)
-        self._speaker_audio = torch.zeros(0, self.audio_dim, device=self.device)
+        self._speaker_face = torch.zeros(streams, 0, layout.N_COEFFS, device=self.device)
+        self._speaker_audio = torch.zeros(streams, 0, self.audio_dim, device=self.device)
         # Rolling raw-audio buffer: samples [_audio_start, _audio_start + len(_audio)) of the stream.
         self._audio = np.zeros(0, dtype=np.float32)
         self._audio_start = 0
+
+    def _set_seeds(self, seed: int | Sequence[int]) -> None:
+        if isinstance(seed, (int, np.integer)):
+            self.seed = int(seed)
+            if self.streams == 1:
+                self.seeds = [self.seed]
+            else:
+                self.seeds = [derive_seed(self.seed, f"stream{s}") for s in range(self.streams)]
+            return
+        seeds = [int(v) for v in seed]
+        if len(seeds) != self.streams:
+            raise ValueError(f"got {len(seeds)} seeds for {self.streams} streams")
+        self.seeds = seeds
 
     # -- one window ----------------------------------------------------------------------------------
 
@@ -203,62 +258,102 @@ class OnlineReactionGenerator:
         ``w - k`` frames already generated (their speaker inputs come from the generator's history), its
         past is the ``w`` generated frames before its start, and only its ``k`` new frames are returned
         and kept; frames already returned are never changed. :func:`generate_clip` uses this to align the
-        last window of a clip to the clip's end.
+        last window of a clip to the clip's end. A generator of several streams uses :meth:`step_streams`.
         """
-        w, m = self.window, self.samples
+        if self.streams != 1:
+            raise ValueError(f"this generator runs {self.streams} streams: call step_streams")
         face = np.asarray(speaker_face, dtype=np.float32)
-        if face.ndim != 2 or face.shape[1] != layout.N_COEFFS or not 1 <= face.shape[0] <= w:
-            raise ValueError(
-                f"speaker_face must be [k, {layout.N_COEFFS}] with 1 <= k <= {w}, got {face.shape}"
-            )
-        k = face.shape[0]
+        k = self._check_window(face[None])
+        if (speaker_audio is None) == (audio_features is None):
+            raise ValueError("give exactly one of speaker_audio (raw samples) and audio_features")
+        if audio_features is not None:
+            feats = self._check_features(np.asarray(audio_features, dtype=np.float32)[None], k)[0]
+            self._skip_audio(k)
+        else:
+            feats = self._encode_audio(np.asarray(speaker_audio), k)
+        return self._advance(face[None], feats[None])[0]
+
+    def _step_single(self, speaker_face: np.ndarray, audio_features: np.ndarray) -> np.ndarray:
+        """:meth:`step` on arrays with a leading stream axis of 1, as :func:`generate_clip` steps."""
+        return self.step(speaker_face[0], audio_features=audio_features[0])[None]
+
+    def step_streams(self, speaker_face: np.ndarray, audio_features: np.ndarray) -> np.ndarray:
+        """:meth:`step` for all streams at once, from features.
+
+        ``[S, k, 58]`` face and ``[S, k, A]`` raw audio features -> ``[S, M, k, 58]`` FaceVerse units.
+        """
+        face = np.asarray(speaker_face, dtype=np.float32)
+        k = self._check_window(face)
+        feats = self._check_features(np.asarray(audio_features, dtype=np.float32), k)
+        self._skip_audio(k)
+        return self._advance(face, feats)
+
+    def _check_window(self, face: np.ndarray) -> int:
+        w, streams = self.window, self.streams
+        if (
+            face.ndim != 3
+            or face.shape[0] != streams
+            or face.shape[2] != layout.N_COEFFS
+            or not 1 <= face.shape[1] <= w
+        ):
+            shape = f"[k, {layout.N_COEFFS}]" if streams == 1 else f"[{streams}, k, {layout.N_COEFFS}]"
+            got = face.shape[1:] if streams == 1 and face.shape[0] == 1 else face.shape
+            raise ValueError(f"speaker_face must be {shape} with 1 <= k <= {w}, got {got}")
+        k = face.shape[1]
         if self._frame + k < w:
             raise ValueError(
                 f"the first window needs {w} speaker frames; {self._frame} were given before and {k} now"
             )
-        if (speaker_audio is None) == (audio_features is None):
-            raise ValueError("give exactly one of speaker_audio (raw samples) and audio_features")
-        if audio_features is not None:
-            feats = np.asarray(audio_features, dtype=np.float32)
-            if feats.shape != (k, self.audio_dim):
-                raise ValueError(f"audio_features must be [{k}, {self.audio_dim}], got {feats.shape}")
-            self._skip_audio(k)
-        else:
-            feats = self._encode_audio(np.asarray(speaker_audio), k)
+        return k
 
+    def _check_features(self, feats: np.ndarray, k: int) -> np.ndarray:
+        expected = (self.streams, k, self.audio_dim)
+        if feats.shape != expected:
+            shown = expected[1:] if self.streams == 1 else expected
+            got = feats.shape[1:] if self.streams == 1 and feats.shape[:1] == (1,) else feats.shape
+            raise ValueError(f"audio_features must be {list(shown)}, got {list(got)}")
+        return feats
+
+    def _advance(self, face: np.ndarray, feats: np.ndarray) -> np.ndarray:
+        """Denoise the window ending ``k`` frames ahead for every row: ``[S, M, k, 58]`` FaceVerse units."""
+        w, m, streams = self.window, self.samples, self.streams
+        k = face.shape[1]
         face_t = torch.from_numpy(self.stats.normalise_face(face)).to(self.device)
         audio_t = torch.from_numpy(self.stats.normalise_audio(feats)).to(self.device)
-        window_face = torch.cat([self._speaker_face, face_t])[-w:]
-        window_audio = torch.cat([self._speaker_audio, audio_t])[-w:]
+        window_face = torch.cat([self._speaker_face, face_t], dim=1)[:, -w:]
+        window_audio = torch.cat([self._speaker_audio, audio_t], dim=1)[:, -w:]
         past = self._listener[:, k : k + w]
         h = self._frame + k - 1
 
-        # The M samples share the speaker rows (expanded views, no copies) and differ in their past.
-        cond = Conditions.create(
-            window_face[None].expand(m, -1, -1),
-            window_audio[None].expand(m, -1, -1),
-            past,
-            h,
-        )
+        # The M samples of a stream share its speaker rows and differ in their past.
+        def per_row(x: torch.Tensor) -> torch.Tensor:
+            return x[:, None].expand(streams, m, *x.shape[1:]).reshape(streams * m, *x.shape[1:])
+
+        cond = Conditions.create(per_row(window_face), per_row(window_audio), past, h)
         with torch.inference_mode():
             x = sample(
                 self.denoiser,
-                (m, w, layout.N_COEFFS),
+                (streams * m, w, layout.N_COEFFS),
                 cond,
                 steps=self.steps,
                 solver=self.solver,
                 eta=self.eta,
                 guidance_scale=self.guidance_scale,
-                generator=self._generator,
+                generator=self._generators[0] if streams == 1 else self._generators,
                 device=self.device,
             )
         new = x[:, w - k :]
+        if self.clip_expression:
+            expression = new[..., : layout.N_EXPRESSION].clamp(self._expression_low, self._expression_high)
+            new = torch.cat([expression, new[..., layout.N_EXPRESSION :]], dim=-1)
         self._listener = torch.cat([self._listener, new], dim=1)[:, -2 * w :]
         self._speaker_face = window_face
         self._speaker_audio = window_audio
         self._frame += k
-        out = self.stats.denormalise_face(new.float().cpu().numpy())
-        return np.asarray(out, dtype=np.float32)
+        out = np.asarray(self.stats.denormalise_face(new.float().cpu().numpy()), dtype=np.float32)
+        if self.clip_expression:  # the affine round trip can leave 0 and 1 off by a rounding error
+            np.clip(out[..., : layout.N_EXPRESSION], 0.0, 1.0, out=out[..., : layout.N_EXPRESSION])
+        return out.reshape(streams, m, k, layout.N_COEFFS)
 
     # -- audio ---------------------------------------------------------------------------------------
 
@@ -336,21 +431,51 @@ def generate_clip(
         raise ValueError(
             f"speaker_face [T, 58] and audio_features [T, A] must align, got {face.shape}, {feats.shape}"
         )
-    generator.reset(listener_start, seed)
-    total, w, m = face.shape[0], generator.window, generator.samples
-    out = np.full((m, total, layout.N_COEFFS), np.nan, dtype=np.float32)
+    if generator.streams != 1:
+        raise ValueError(f"the generator runs {generator.streams} streams: use generate_clips")
+    start = None if listener_start is None else np.asarray(listener_start, dtype=np.float32)
+    return _generate(generator, face[None], feats[None], start, seed, generator._step_single)[0]
+
+
+def generate_clips(
+    generator: OnlineReactionGenerator,
+    speaker_faces: np.ndarray,
+    audio_features: np.ndarray,
+    listener_starts: np.ndarray | None = None,
+    seeds: Sequence[int] | None = None,
+) -> np.ndarray:
+    """:func:`generate_clip` for ``S = generator.streams`` clips of equal length run in lockstep.
+
+    ``speaker_faces [S, T, 58]``, ``audio_features [S, T, A]``, ``listener_starts [S, 58]`` (or
+    ``None``), ``seeds``: one per clip -> ``[S, M, T, 58]``. Clip ``s`` gets the windows, pasts and noise
+    that :func:`generate_clip` with ``seeds[s]`` gives it (to float rounding); only the batch is larger.
+    """
+    faces = np.asarray(speaker_faces, dtype=np.float32)
+    feats = np.asarray(audio_features, dtype=np.float32)
+    streams = generator.streams
+    if faces.ndim != 3 or feats.ndim != 3 or faces.shape[:2] != feats.shape[:2] or len(faces) != streams:
+        raise ValueError(
+            f"speaker_faces [{streams}, T, 58] and audio_features [{streams}, T, A] must align with the "
+            f"generator's {streams} streams, got {faces.shape}, {feats.shape}"
+        )
+    return _generate(generator, faces, feats, listener_starts, seeds, generator.step_streams)
+
+
+def _generate(generator, faces, feats, starts, seed, step) -> np.ndarray:
+    generator.reset(starts, seed)
+    streams, total, _ = faces.shape
+    w, m = generator.window, generator.samples
+    out = np.full((streams, m, total, layout.N_COEFFS), np.nan, dtype=np.float32)
     if total == 0:
         return out
     if total < w:
         pad = w - total
-        face_w = np.concatenate([face, np.repeat(face[-1:], pad, axis=0)])
-        feats_w = np.concatenate([feats, np.repeat(feats[-1:], pad, axis=0)])
-        return generator.step(face_w, audio_features=feats_w)[:, :total]
+        face_w = np.concatenate([faces, np.repeat(faces[:, -1:], pad, axis=1)], axis=1)
+        feats_w = np.concatenate([feats, np.repeat(feats[:, -1:], pad, axis=1)], axis=1)
+        return step(face_w, feats_w)[:, :, :total]
     for start in range(0, total - w + 1, w):
-        out[:, start : start + w] = generator.step(
-            face[start : start + w], audio_features=feats[start : start + w]
-        )
+        out[:, :, start : start + w] = step(faces[:, start : start + w], feats[:, start : start + w])
     done = generator.frame
     if done < total:
-        out[:, done:] = generator.step(face[done:], audio_features=feats[done:])
+        out[:, :, done:] = step(faces[:, done:], feats[:, done:])
     return out

@@ -157,14 +157,33 @@ def _noise_levels(sigmas: Tensor | Sequence[float]) -> list[float]:
     return levels
 
 
-def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped like ``x``, drawn on the generator's device then moved to ``x``.
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""One generator for the whole batch, or one per equal block of rows (one per independent stream)."""
+
+
+def _randn(shape: Sequence[int], generator: Generators, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Standard normal noise of ``shape``, drawn on the generator's device then moved to ``device``.
 
     Drawing where the generator lives lets a CPU generator seed CUDA sampling (and reproduce CPU runs).
+    With a sequence of ``G`` generators the batch is split into ``G`` equal blocks of rows, block ``g``
+    drawn from generator ``g`` only: a stream batched with others draws exactly the numbers it would
+    draw alone, so batching streams together does not change their randomness.
     """
-    device = generator.device if generator is not None else x.device
-    z = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
-    return z.to(x.device)
+    shape = tuple(shape)
+    if generator is None or isinstance(generator, torch.Generator):
+        noise_device = generator.device if generator is not None else device
+        return torch.randn(shape, generator=generator, device=noise_device, dtype=dtype).to(device)
+    blocks = len(generator)
+    if blocks == 0 or shape[0] % blocks:
+        raise ValueError(f"a batch of {shape[0]} rows cannot be split among {blocks} generators")
+    rows = (shape[0] // blocks, *shape[1:])
+    return torch.cat(
+        [torch.randn(rows, generator=g, device=g.device, dtype=dtype).to(device) for g in generator]
+    )
+
+
+def _randn_like(x: Tensor, generator: Generators) -> Tensor:
+    return _randn(x.shape, generator, x.device, x.dtype)
 
 
 def _dpmpp_2m(
@@ -173,7 +192,7 @@ def _dpmpp_2m(
     sigmas: Tensor | Sequence[float],
     cond: Any,
     eta: float,
-    generator: torch.Generator | None,
+    generator: Generators,
 ) -> Tensor:
     """Shared DPM-Solver++(2M) loop; ``eta = 0`` is the ODE (Algorithm 1), ``eta > 0`` the SDE (Alg. 2)."""
     if eta < 0:
@@ -226,13 +245,14 @@ def sample_dpmpp_2m_sde(
     sigmas: Tensor | Sequence[float],
     cond: Any = None,
     eta: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """DPM-Solver++(2M) SDE (paper Algorithm 2): the ODE update plus fresh noise each step.
 
     ``eta`` scales the stochasticity (``eta = 0`` is exactly :func:`sample_dpmpp_2m`; ``eta = 1`` is the
     reverse SDE). Noise comes from ``generator`` (its own device; moved to ``x_T.device``), so the same
-    seed gives the same samples. Shapes as in :func:`sample_dpmpp_2m`.
+    seed gives the same samples; a sequence of generators gives each its own equal block of rows.
+    Shapes as in :func:`sample_dpmpp_2m`.
     """
     return _dpmpp_2m(denoiser, x_T, sigmas, cond, eta=eta, generator=generator)
 
@@ -246,7 +266,7 @@ def sample(
     solver: str = "sde",
     eta: float = 1.0,
     guidance_scale: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     device: torch.device | str | None = None,
     sigma_min: float = SIGMA_MIN,
     sigma_max: float = SIGMA_MAX,
@@ -265,9 +285,7 @@ def sample(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     sigmas = karras_sigmas(steps, sigma_min=sigma_min, sigma_max=sigma_max)
-    noise_device = generator.device if generator is not None else device
-    x_T = sigma_max * torch.randn(tuple(shape), generator=generator, device=noise_device, dtype=dtype)
-    x_T = x_T.to(device)
+    x_T = sigma_max * _randn(shape, generator, device, dtype)
     net = guided(denoiser, guidance_scale)
     if solver == "ode":
         return sample_dpmpp_2m(net, x_T, sigmas, cond)

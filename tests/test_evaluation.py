@@ -12,6 +12,7 @@ from reactdiff.evaluation import (
     load_split,
     markdown_table,
     results_table,
+    score,
 )
 from reactdiff.features import (
     EXAMPLES_FILE,
@@ -21,6 +22,7 @@ from reactdiff.features import (
     examples_table,
     frames_table,
 )
+from reactdiff.realism import RealismConfig, train_realism_encoder
 
 A = 4
 
@@ -98,3 +100,22 @@ def test_results_table_and_markdown():
     assert "FRCorr ↑" in md and "FRDist ↓" in md
     assert "| GT | 10 | 0 | n/a |" in md
     assert isinstance(frame, pd.DataFrame)
+
+
+def test_score_adds_fd_learned_only_with_a_realism_encoder(tmp_path):
+    split = load_split(_split_dir(tmp_path, "test", n_frames=(110, 110, 110, 110))[0])
+    P = np.stack([split.listener[::-1]] * 2, axis=1)  # [4, 2, 110, 58]
+    plain = score(P, split, seed=0)
+    assert "FD_learned" not in plain["all"] and "FD_stats" in plain["all"]
+    config = RealismConfig(window=50, embedding_dim=4, channels=4, steps=2, batch_size=2)
+    encoder = train_realism_encoder(split.listener, config, device="cpu")
+    learned = score(P, split, seed=0, realism_encoder=encoder)
+    for subset in ("all", "expression", "pose"):
+        assert learned[subset]["FD_learned"] >= 0 and learned[subset]["FD_learned_real_floor"] >= 0
+        assert learned[subset]["FD_stats"] == plain[subset]["FD_stats"]  # nothing else changes
+    table = results_table({"ReactDiff": learned})
+    assert list(table.columns[8:11]) == ["FD_stats", "FD_dynamics", "FD_learned"]
+    assert "FD_learned ↓" in markdown_table(table, "pose")
+    short = train_realism_encoder(split.listener, RealismConfig(**{**config.__dict__, "window": 20}))
+    with pytest.raises(ValueError, match="set realism.window: 50"):
+        score(P, split, seed=0, realism_encoder=short)

@@ -18,6 +18,7 @@ from reactdiff.metrics import (
     frechet_distance,
     frsyn,
     frvar,
+    jitter,
     real_floor,
     tlcc,
     window_features,
@@ -327,6 +328,19 @@ def test_frvar_is_the_unbiased_variance_over_time():
     assert frvar(P, {"ab": [0, 1]})["ab"] == pytest.approx(np.var(P[0, 0], axis=0, ddof=1).mean())
 
 
+def test_jitter_is_the_mean_squared_acceleration():
+    x = np.array([0.0, 1.0, 4.0, 9.0, 16.0])  # t^2: second difference 2 everywhere -> jitter 4
+    line = np.array([3.0, 5.0, 7.0, 9.0, 11.0])  # constant velocity: no jitter
+    P = np.stack([x, line], axis=-1)[None, None]  # [1, 1, 5, 2]
+    assert jitter(P, {"a": [0]})["a"] == pytest.approx(4.0)
+    assert jitter(P, {"b": [1]})["b"] == pytest.approx(0.0)
+    assert jitter(P, {"ab": [0, 1]})["ab"] == pytest.approx(2.0)
+    zigzag = np.array([0.0, 1.0, 0.0, 1.0])[None, None, :, None]  # second differences -2, 2 -> 4
+    assert jitter(zigzag, {"z": [0]})["z"] == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="at least 3 frames"):
+        jitter(np.zeros((1, 1, 2, 1)), {"z": [0]})
+
+
 def test_frdvs_closed_forms():
     rng = np.random.default_rng(6)
     same = np.broadcast_to(rng.normal(size=(1, 3, 20, 58)), (4, 3, 20, 58))
@@ -473,6 +487,21 @@ def test_compute_all_uses_the_right_columns(dyads):
         for kind in ("stats", "dynamics"):
             assert res[name][f"FD_{kind}"] >= 0 and res[name][f"FD_{kind}_real_floor"] >= 0
         assert res[name]["clips_without_neighbours"] == 0
+
+
+def test_compute_all_threads_give_the_same_results_and_floors(dyads):
+    P, L, S, nb = dyads
+    one = compute_all(P, L, S, nb, window=20, seed=3)
+    two = compute_all(P, L, S, nb, window=20, seed=3, workers=2)
+    assert one.keys() == two.keys()
+    for name in one:
+        assert list(one[name]) == list(two[name])  # same metrics in the same order
+        # Equal up to the order of BLAS's sums, which depends on how many threads it gets alongside others.
+        np.testing.assert_allclose(list(one[name].values()), list(two[name].values()), rtol=1e-8)
+        # the floor from the features of all real clips is real_floor's value, drawn the same way
+        for kind in ("stats", "dynamics"):
+            cols = metrics.SUBSETS[name]
+            assert one[name][f"FD_{kind}_real_floor"] == real_floor(L, kind, 20, seed=3, columns=cols)
 
 
 def test_compute_all_rejects_mismatched_shapes(dyads):

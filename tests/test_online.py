@@ -7,6 +7,7 @@ that the speaker actually influences the output); closed-form toy denoisers pin 
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -21,12 +22,15 @@ from reactdiff.features import NormStats
 from reactdiff.layout import MODEL_SAMPLE_RATE, N_COEFFS
 from reactdiff.model import Conditions, build_denoiser
 from reactdiff.noise import SIGMA_DATA
-from reactdiff.online import OnlineReactionGenerator, derive_seed, generate_clip
+from reactdiff.online import OnlineReactionGenerator, derive_seed, generate_clip, generate_clips
 from reactdiff.samplers import CountingDenoiser
 
 W = 16
 A = 86  # LogMelProsodyEncoder's default dimension
 HOP = MODEL_SAMPLE_RATE // 25
+# The random stats below put expression weights far outside [0, 1]; most tests follow exact values through
+# the generator, so they switch the range clamp off (its own tests are at the end).
+Unclipped = functools.partial(OnlineReactionGenerator, clip_expression=False)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +95,7 @@ class Recording:
 
 
 def test_step_shapes_and_state(denoiser, stats):
-    gen = OnlineReactionGenerator(denoiser, stats, samples=3, steps=3)
+    gen = Unclipped(denoiser, stats, samples=3, steps=3)
     face, feats = speaker(2 * W)
     first = gen.step(face[:W], audio_features=feats[:W])
     assert first.shape == (3, W, N_COEFFS) and first.dtype == np.float32
@@ -108,7 +112,7 @@ def test_output_is_denormalised_by_hand(stats):
     def constant(x, sigma, cond):
         return torch.full_like(x, 0.5)
 
-    gen = OnlineReactionGenerator(constant, stats, samples=2, steps=4)
+    gen = Unclipped(constant, stats, samples=2, steps=4)
     face, feats = speaker(W)
     out = gen.step(face, audio_features=feats)
     expected = stats.face_mean + stats.face_std * (0.5 / SIGMA_DATA)
@@ -120,7 +124,7 @@ def test_initial_past_is_listener_start(stats):
     face, feats = speaker(2 * W)
     copy_past = PastPlusOffset([0.0, 0.0])
 
-    gen = OnlineReactionGenerator(copy_past, stats, samples=2, steps=5)
+    gen = Unclipped(copy_past, stats, samples=2, steps=5)
     gen.reset(start)
     for k in range(2):  # the past is carried forward window after window
         out = gen.step(face[k * W : (k + 1) * W], audio_features=feats[k * W : (k + 1) * W])
@@ -130,7 +134,7 @@ def test_initial_past_is_listener_start(stats):
     out = gen.step(face[:W], audio_features=feats[:W])
     np.testing.assert_allclose(out, np.broadcast_to(stats.face_mean, out.shape), rtol=1e-5, atol=1e-5)
 
-    mean_past = OnlineReactionGenerator(copy_past, stats, samples=2, steps=5, initial_past="mean")
+    mean_past = Unclipped(copy_past, stats, samples=2, steps=5, initial_past="mean")
     mean_past.reset(start)  # "mean" ignores the start, as training with initial_past="mean" did
     out = mean_past.step(face[:W], audio_features=feats[:W])
     np.testing.assert_allclose(out, np.broadcast_to(stats.face_mean, out.shape), rtol=1e-5, atol=1e-5)
@@ -138,7 +142,7 @@ def test_initial_past_is_listener_start(stats):
 
 def test_each_sample_conditioned_on_its_own_past(stats):
     offsets = [0.0, 0.1, -0.2, 0.3]
-    gen = OnlineReactionGenerator(PastPlusOffset(offsets), stats, samples=4, steps=3)
+    gen = Unclipped(PastPlusOffset(offsets), stats, samples=4, steps=3)
     start = stats.face_mean + 0.5 * stats.face_std
     gen.reset(start)
     face, feats = speaker(5 * W)
@@ -155,7 +159,7 @@ def test_end_aligned_window_past_comes_from_generated_frames(stats):
     # T = 40: windows [0, 16), [16, 32), then [24, 40) with past [8, 24) = 8 frames of window 1 (one
     # offset) and 8 of window 2 (two offsets); its kept frames 32..39 copy past frames 16..23, plus one.
     offsets = [0.2, -0.1]
-    gen = OnlineReactionGenerator(PastPlusOffset(offsets), stats, samples=2, steps=2)
+    gen = Unclipped(PastPlusOffset(offsets), stats, samples=2, steps=2)
     out = stats.normalise_face(generate_clip(gen, *speaker(40)))
     c = np.asarray(offsets, np.float32)[:, None, None]
     for lo, hi, level in [(0, 16, 1), (16, 32, 2), (32, 40, 3)]:
@@ -164,7 +168,7 @@ def test_end_aligned_window_past_comes_from_generated_frames(stats):
 
 def test_frame_index_batch_and_past_passed_to_the_denoiser(denoiser, stats):
     rec = Recording(denoiser)
-    gen = OnlineReactionGenerator(rec, stats, samples=3, steps=2)
+    gen = Unclipped(rec, stats, samples=3, steps=2)
     out = generate_clip(gen, *speaker(40), listener_start=stats.face_mean + stats.face_std)
     # Windows end at frames 15 and 31, then the end-aligned one at T - 1 = 39; two solver steps each.
     assert [int(h[0]) for h in rec.frame_index] == [15, 15, 31, 31, 39, 39]
@@ -179,7 +183,7 @@ def test_frame_index_batch_and_past_passed_to_the_denoiser(denoiser, stats):
 @pytest.mark.parametrize("guidance", [1.0, 2.0])
 def test_one_denoiser_call_per_solver_step(denoiser, stats, guidance):
     counter = CountingDenoiser(denoiser)
-    gen = OnlineReactionGenerator(counter, stats, samples=4, steps=5, guidance_scale=guidance)
+    gen = Unclipped(counter, stats, samples=4, steps=5, guidance_scale=guidance)
     face, feats = speaker(W)
     gen.step(face, audio_features=feats)
     assert counter.calls == 5
@@ -188,7 +192,7 @@ def test_one_denoiser_call_per_solver_step(denoiser, stats, guidance):
 
 @pytest.mark.parametrize("frames", [750, 40, 16, 17, 5])
 def test_whole_clip_is_covered(denoiser, stats, frames):
-    gen = OnlineReactionGenerator(denoiser, stats, samples=2, steps=1, seed=7)
+    gen = Unclipped(denoiser, stats, samples=2, steps=1, seed=7)
     face, feats = speaker(frames, seed=frames)
     out = generate_clip(gen, face, feats)
     assert out.shape == (2, frames, N_COEFFS)
@@ -207,7 +211,7 @@ def test_whole_clip_is_covered(denoiser, stats, frames):
 def test_short_clip_is_one_padded_window(denoiser, stats):
     # T < w: one window over the speaker held still after the clip's last frame, h = w - 1, cut to T.
     rec = Recording(denoiser)
-    gen = OnlineReactionGenerator(rec, stats, samples=2, steps=3, seed=1)
+    gen = Unclipped(rec, stats, samples=2, steps=3, seed=1)
     face, feats = speaker(5, seed=4)
     short = generate_clip(gen, face, feats)
     assert short.shape == (2, 5, N_COEFFS)
@@ -222,7 +226,7 @@ def test_short_clip_is_one_padded_window(denoiser, stats):
 
 def test_streaming_causality(denoiser, stats):
     face, feats = speaker(4 * W, seed=2)
-    gen = OnlineReactionGenerator(denoiser, stats, samples=3, steps=4, solver="sde", seed=11)
+    gen = Unclipped(denoiser, stats, samples=3, steps=4, solver="sde", seed=11)
 
     def run(face: np.ndarray, feats: np.ndarray) -> list[np.ndarray]:
         gen.reset(seed=11)
@@ -254,11 +258,11 @@ def test_raw_audio_path_equals_precomputed_features(denoiser, stats):
     offline = encoder.encode(signal, frames)  # [40, 86] from the whole signal
     face = speaker(frames, seed=6)[0]
 
-    feature_gen = OnlineReactionGenerator(denoiser, stats, samples=2, steps=3, seed=3)
+    feature_gen = Unclipped(denoiser, stats, samples=2, steps=3, seed=3)
     by_features = generate_clip(feature_gen, face, offline)
 
     rec = Recording(denoiser)
-    raw_gen = OnlineReactionGenerator(rec, stats, samples=2, steps=3, seed=3, encoder=encoder)
+    raw_gen = Unclipped(rec, stats, samples=2, steps=3, seed=3, encoder=encoder)
     context = int(np.ceil(encoder.left_context_s * MODEL_SAMPLE_RATE))
     parts = []
     for lo, hi in [(0, 16), (16, 32), (32, 40)]:  # the same windows generate_clip runs
@@ -274,7 +278,7 @@ def test_raw_audio_path_equals_precomputed_features(denoiser, stats):
 
 
 def test_raw_audio_needs_its_left_context(denoiser, stats):
-    gen = OnlineReactionGenerator(denoiser, stats, samples=1, steps=1, encoder=LogMelProsodyEncoder())
+    gen = Unclipped(denoiser, stats, samples=1, steps=1, encoder=LogMelProsodyEncoder())
     face, feats = speaker(2 * W)
     gen.step(face[:W], audio_features=feats[:W])
     with pytest.raises(ValueError, match="left context"):
@@ -282,7 +286,7 @@ def test_raw_audio_needs_its_left_context(denoiser, stats):
 
 
 def test_input_validation(denoiser, stats):
-    gen = OnlineReactionGenerator(denoiser, stats, samples=1, steps=1)
+    gen = Unclipped(denoiser, stats, samples=1, steps=1)
     face, feats = speaker(W)
     with pytest.raises(ValueError, match="first window"):
         gen.step(face[:8], audio_features=feats[:8])
@@ -293,15 +297,15 @@ def test_input_validation(denoiser, stats):
     with pytest.raises(ValueError, match="encoder"):
         gen.step(face, np.zeros(W * HOP, np.float32))
     with pytest.raises(ValueError, match="windows of 16"):
-        OnlineReactionGenerator(denoiser, stats, window=8)
+        Unclipped(denoiser, stats, window=8)
     with pytest.raises(ValueError, match="initial_past"):
-        OnlineReactionGenerator(denoiser, stats, initial_past="zeros")
+        Unclipped(denoiser, stats, initial_past="zeros")
 
 
 @pytest.mark.parametrize("solver", ["sde", "ode"])
 def test_determinism(denoiser, stats, solver):
     face, feats = speaker(2 * W + 3, seed=9)
-    gen = OnlineReactionGenerator(denoiser, stats, samples=2, steps=4, solver=solver, seed=5)
+    gen = Unclipped(denoiser, stats, samples=2, steps=4, solver=solver, seed=5)
     a = generate_clip(gen, face, feats)
     b = generate_clip(gen, face, feats)  # generate_clip resets to the constructor's seed
     np.testing.assert_array_equal(a, b)
@@ -329,3 +333,95 @@ def test_derive_seed_is_stable_across_processes():
         derive_seed(1235, "site/session_0")
     }
     assert len(seeds) == 101 and all(0 <= s < 2**63 for s in seeds)
+
+
+# -- expression range -----------------------------------------------------------------------------------
+
+
+def test_expression_weights_are_clamped_and_the_clamped_window_is_the_next_past(stats):
+    # The clean estimate is the row's past plus 3 model-space units (6 train stds): every expression weight
+    # overshoots [0, 1] unless the clamp holds it. Pose is never clamped.
+    gen = OnlineReactionGenerator(PastPlusOffset([3.0, -3.0]), stats, samples=2, steps=4)
+    face, feats = speaker(2 * W)
+    start = np.clip(stats.face_mean, 0.05, 0.95)
+    gen.reset(start)
+    first = gen.step(face[:W], audio_features=feats[:W])
+    second = gen.step(face[W:], audio_features=feats[W:])
+    expr, pose = slice(0, 52), slice(52, 58)
+    for out in (first, second):
+        assert out[:, :, expr].min() >= 0.0 and out[:, :, expr].max() <= 1.0
+    # Row 0 pushes up, row 1 down, by more than the range: the clamp lands on the bounds exactly.
+    np.testing.assert_allclose(first[0, :, expr], 1.0, atol=1e-6)
+    np.testing.assert_allclose(first[1, :, expr], 0.0, atol=1e-6)
+    # Pose: the start plus (+-3 model units = +-6 stds) per window, unclamped and accumulating through
+    # the past: window 2 is conditioned on window 1 as it was returned.
+    for row, sign in ((0, 1.0), (1, -1.0)):
+        np.testing.assert_allclose(
+            first[row, :, pose],
+            np.broadcast_to(start[pose] + sign * 6 * stats.face_std[pose], (W, 6)),
+            rtol=1e-4,
+        )
+        np.testing.assert_allclose(
+            second[row, :, pose],
+            np.broadcast_to(start[pose] + sign * 12 * stats.face_std[pose], (W, 6)),
+            rtol=1e-4,
+        )
+    np.testing.assert_allclose(
+        second[:, :, expr], first[:, :, expr], atol=1e-6
+    )  # clamped past + 3 -> clamped again
+
+
+def test_unclamped_generator_leaves_expression_weights_as_estimated(stats):
+    gen = Unclipped(PastPlusOffset([3.0]), stats, samples=1, steps=4)
+    face, feats = speaker(W)
+    gen.reset(np.clip(stats.face_mean, 0.05, 0.95))
+    assert gen.step(face, audio_features=feats)[..., :52].max() > 1.0
+
+
+# -- several streams in one batch -----------------------------------------------------------------------
+
+
+def test_streams_batched_equal_each_stream_alone(denoiser, stats):
+    # Three conversations in lockstep give each the reactions it gets alone with its seed: same noise
+    # (one generator per stream), same pasts and windows; only float rounding of the bigger batch differs.
+    rng = np.random.default_rng(5)
+    faces = rng.normal(size=(3, 40, N_COEFFS)).astype(np.float32)
+    feats = rng.normal(size=(3, 40, A)).astype(np.float32)
+    starts = stats.face_mean + rng.normal(size=(3, N_COEFFS)).astype(np.float32) * stats.face_std
+    seeds = [11, 12, 13]
+    batched = generate_clips(
+        Unclipped(denoiser, stats, samples=2, steps=6, streams=3), faces, feats, starts, seeds
+    )
+    assert batched.shape == (3, 2, 40, N_COEFFS) and np.isfinite(batched).all()
+    single = Unclipped(denoiser, stats, samples=2, steps=6)
+    for s in range(3):
+        alone = generate_clip(single, faces[s], feats[s], starts[s], seed=seeds[s])
+        np.testing.assert_allclose(batched[s], alone, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(batched[0], batched[1], atol=1e-2)
+
+
+def test_streams_one_denoiser_call_per_step_for_all_rows(denoiser, stats):
+    counting = CountingDenoiser(denoiser)
+    gen = OnlineReactionGenerator(counting, stats, samples=2, steps=5, streams=4)
+    rng = np.random.default_rng(0)
+    out = gen.step_streams(rng.normal(size=(4, W, N_COEFFS)), rng.normal(size=(4, W, A)))
+    assert out.shape == (4, 2, W, N_COEFFS)
+    assert counting.calls == 5
+
+
+def test_stream_validation(denoiser, stats):
+    gen = OnlineReactionGenerator(denoiser, stats, samples=2, steps=2, streams=2)
+    face, feats = speaker(W)
+    with pytest.raises(ValueError, match="step_streams"):
+        gen.step(face, audio_features=feats)
+    with pytest.raises(ValueError, match="3 seeds for 2 streams"):
+        gen.reset(None, [1, 2, 3])
+    with pytest.raises(ValueError, match=r"listener_start must be \[2, 58\]"):
+        gen.reset(np.zeros(N_COEFFS))
+    with pytest.raises(ValueError, match="generate_clips"):
+        generate_clip(gen, face, feats)
+    with pytest.raises(ValueError, match=r"audio_features must be \[2, 16, 86\]"):
+        gen.step_streams(np.stack([face, face]), feats[None])
+    # An int seed gives the streams different, derived seeds.
+    gen.reset(None, 7)
+    assert gen.seeds == [derive_seed(7, "stream0"), derive_seed(7, "stream1")]

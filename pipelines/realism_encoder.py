@@ -1,0 +1,51 @@
+"""DVC stage ``realism_encoder``: train the learned realism feature on the train split's listeners.
+
+Reads ``features/train`` (the real listener reaction of every usable example; no other split is
+seen) and writes ``models_realism/encoder.pt`` (one small temporal encoder per coefficient subset, with
+its config and normalisation; see :mod:`reactdiff.realism`) and ``metrics/realism_encoder.json`` (losses
+and timings). ``baselines`` and ``evaluate`` score ``FD_learned`` with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.flows import StageTimer
+from reactdiff import io
+from reactdiff.config import load_params
+from reactdiff.evaluation import load_split
+from reactdiff.realism import RealismConfig, save_encoder, train_realism_encoder
+
+FEATURES = Path("features")
+OUT = Path("models_realism/encoder.pt")
+METRICS = Path("metrics/realism_encoder.json")
+
+
+def main() -> None:
+    timer = StageTimer("realism_encoder")
+    params = load_params()
+    p = params.realism
+    config = RealismConfig(
+        window=p.window,
+        embedding_dim=p.embedding_dim,
+        channels=p.channels,
+        steps=p.steps,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        temperature=p.temperature,
+        jitter=p.jitter,
+        seed=params.seed,
+    )
+    train = load_split(FEATURES / "train")
+    encoder = train_realism_encoder(train.listener, config, device=p.device)
+    save_encoder(encoder, OUT)
+    io.write_json(encoder.stats, METRICS)
+    losses = ", ".join(f"{s} {encoder.stats[s]['final_loss']:.3f}" for s in encoder.subsets)
+    timer.done(
+        read=f"{FEATURES}/train ({len(train.listener)} listener reactions)",
+        wrote=f"{OUT}, {METRICS} (final loss {losses}; chance {encoder.stats['all']['chance_loss']:.3f})",
+    )
+
+
+if __name__ == "__main__":
+    main()

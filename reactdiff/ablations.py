@@ -1,0 +1,445 @@
+"""The paper's ablation studies (Tables 2-6 and 13) as params of the one pipeline, and their report.
+
+Each table is a list of variants; a variant is a set of ``params.yaml`` overrides, exactly what
+``dvc exp run -S <key>=<value>`` takes. The keys an ablation can touch are :data:`ABLATION_KEYS`; a
+variant states the value of its own table's keys and inherits every other key from the base params, so
+a variant means the same thing whatever the base (paper or demo preset, sample or real corpus).
+
+The paper's defaults are one row of every table ("with h", "face and audio", "FBK and FAC", "SDE",
+"50 steps", "lambda = 1e-4"); with the base params at those defaults they are the same experiment, which
+DVC runs once and restores from its run cache for the other tables. Tables 5 and 6 change sampling only,
+so their variants reuse the trained model (the ``train`` stage does not depend on ``sample.*``).
+
+:func:`build_report` turns the recorded metrics of the variants (read from MLflow by
+``pipelines/ablations.py``) into one table per study with the paper's numbers
+(``paper_tables.json``) beside ours, and checks the paper's qualitative claims (:class:`Claim`) on the
+reproduced numbers. Realism: the paper's FVD needs an I3D video network that cannot be downloaded here;
+we show our Frechet distances (``FD_stats``, ``FD_dynamics``, ``FD_learned`` when evaluated) beside it,
+under their own names. ``Jitter`` (mean squared frame-to-frame acceleration) measures smoothness directly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from reactdiff.reference import paper_tables
+
+__all__ = [
+    "ABLATION_KEYS",
+    "TABLES",
+    "AblationTable",
+    "Claim",
+    "Variant",
+    "build_report",
+    "select_tables",
+    "variant_overrides",
+]
+
+ABLATION_KEYS = (
+    "model.use_frame_index",
+    "model.use_speaker_face",
+    "model.use_speaker_audio",
+    "train.use_fbk",
+    "train.use_fac",
+    "lambda",
+    "sample.solver",
+    "sample.steps",
+)
+"""Every params key an ablation of the paper sets (dotted, as ``dvc exp run -S`` takes them)."""
+
+Metrics = Mapping[str, float]
+"""One variant's metrics: ``"FRCorr"``, ``"FD_stats"``, ... for the reported coefficient subset."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of an ablation table: the paper's row label and the params that make it."""
+
+    label: str
+    """The row as ``paper_tables.json`` names it (``"without h"``, ``0.001``, ...)."""
+    params: Mapping[str, Any]
+
+    def slug(self) -> str:
+        text = str(self.label).lower()
+        return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "variant"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A qualitative statement of the paper about one table, checkable on any set of rows.
+
+    ``check(rows)`` gets ``{row label: metrics}`` and returns whether the statement holds, or ``None``
+    when a metric it needs is missing.
+    """
+
+    text: str
+    check: Callable[[Mapping[Any, Metrics]], bool | None]
+
+
+@dataclass(frozen=True)
+class AblationTable:
+    key: str
+    """The table's key in ``paper_tables.json`` (``table2_temporal_index_h``, ...)."""
+    name: str
+    """Short name used for experiment names and the MLflow parent run (``table2``)."""
+    title: str
+    variants: tuple[Variant, ...]
+    metrics: tuple[str, ...]
+    """The paper's columns for this table (``FVD`` stands for the realism columns)."""
+    claims: tuple[Claim, ...] = field(default_factory=tuple)
+    sampling_only: bool = False
+
+    def variant(self, label: Any) -> Variant:
+        for v in self.variants:
+            if v.label == label:
+                return v
+        raise KeyError(f"{self.name} has no variant {label!r}")
+
+    def experiment_name(self, variant: Variant) -> str:
+        """The DVC experiment name of a variant: ``table2-without-h``."""
+        return f"{self.name}-{variant.slug()}"
+
+
+# -- claims -----------------------------------------------------------------------------------------
+
+
+def _get(rows: Mapping[Any, Metrics], label: Any, metric: str) -> float | None:
+    value = rows.get(label, {}).get(metric)
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _compare(a: Any, metric: str, op: str, b: Any) -> Callable[[Mapping[Any, Metrics]], bool | None]:
+    """``rows[a][metric] <op> rows[b][metric]`` with op ``>`` or ``<``."""
+
+    def check(rows: Mapping[Any, Metrics]) -> bool | None:
+        x, y = _get(rows, a, metric), _get(rows, b, metric)
+        if x is None or y is None:
+            return None
+        return x > y if op == ">" else x < y
+
+    return check
+
+
+def _all_of(*checks: Callable[[Mapping[Any, Metrics]], bool | None]):
+    def check(rows: Mapping[Any, Metrics]) -> bool | None:
+        results = [c(rows) for c in checks]
+        return None if any(r is None for r in results) else all(results)
+
+    return check
+
+
+def _best(label: Any, metric: str, higher_is_better: bool):
+    """Row ``label`` has the best ``metric`` of all rows that have it."""
+
+    def check(rows: Mapping[Any, Metrics]) -> bool | None:
+        values = {k: _get(rows, k, metric) for k in rows}
+        values = {k: v for k, v in values.items() if v is not None}
+        if label not in values or len(values) < 2:
+            return None
+        best = max(values.values()) if higher_is_better else min(values.values())
+        return values[label] == best
+
+    return check
+
+
+def _interior_peak(metric: str):
+    """The best ``metric`` is at neither end of an ordered sweep."""
+
+    def check(rows: Mapping[Any, Metrics]) -> bool | None:
+        values = [(k, _get(rows, k, metric)) for k in rows]
+        values = [(k, v) for k, v in values if v is not None]
+        if len(values) < 3:
+            return None
+        best = max(range(len(values)), key=lambda i: values[i][1])
+        return 0 < best < len(values) - 1
+
+    return check
+
+
+# -- the tables -------------------------------------------------------------------------------------
+
+
+def _table(key: str, name: str, title: str, variants, metrics, claims=(), sampling_only=False):
+    return AblationTable(
+        key=key,
+        name=name,
+        title=title,
+        variants=tuple(Variant(label, dict(params)) for label, params in variants),
+        metrics=tuple(metrics),
+        claims=tuple(claims),
+        sampling_only=sampling_only,
+    )
+
+
+TABLES: tuple[AblationTable, ...] = (
+    _table(
+        "table2_temporal_index_h",
+        "table2",
+        "Table 2: temporal index h",
+        [
+            ("without h", {"model.use_frame_index": False}),
+            ("with h", {"model.use_frame_index": True}),
+        ],
+        ["FRDiv", "FVD", "FRCorr", "FRSyn"],
+        [
+            Claim(
+                "with h, samples are more diverse (FRDiv higher)",
+                _compare("with h", "FRDiv", ">", "without h"),
+            ),
+            Claim(
+                "with h, reactions are more appropriate (FRCorr higher)",
+                _compare("with h", "FRCorr", ">", "without h"),
+            ),
+            Claim(
+                "with h, reactions are better synchronised (FRSyn lower)",
+                _compare("with h", "FRSyn", "<", "without h"),
+            ),
+        ],
+    ),
+    _table(
+        "table3_speaker_modalities",
+        "table3",
+        "Table 3: speaker modalities",
+        [
+            ("no face, no audio", {"model.use_speaker_face": False, "model.use_speaker_audio": False}),
+            ("face only", {"model.use_speaker_face": True, "model.use_speaker_audio": False}),
+            ("audio only", {"model.use_speaker_face": False, "model.use_speaker_audio": True}),
+            ("face and audio", {"model.use_speaker_face": True, "model.use_speaker_audio": True}),
+        ],
+        ["FRVar", "FRDiv", "FVD", "FRCorr", "FRSyn"],
+        [
+            Claim(
+                "the speaker's face improves appropriateness and synchrony (face only vs neither)",
+                _all_of(
+                    _compare("face only", "FRCorr", ">", "no face, no audio"),
+                    _compare("face only", "FRSyn", "<", "no face, no audio"),
+                ),
+            ),
+            Claim(
+                "face and audio together are the most appropriate (best FRCorr)",
+                _best("face and audio", "FRCorr", True),
+            ),
+            Claim(
+                "face and audio together are the best synchronised (best FRSyn)",
+                _best("face and audio", "FRSyn", False),
+            ),
+        ],
+    ),
+    _table(
+        "table4_constraints",
+        "table4",
+        "Table 4: the FBK and FAC priors",
+        [
+            ("neither", {"train.use_fbk": False, "train.use_fac": False}),
+            ("FBK only", {"train.use_fbk": True, "train.use_fac": False}),
+            ("FAC only", {"train.use_fbk": False, "train.use_fac": True}),
+            ("FBK and FAC", {"train.use_fbk": True, "train.use_fac": True}),
+        ],
+        ["FRDvs", "FRDiv", "FVD", "FRCorr", "FRSyn"],
+        [
+            Claim(
+                "without FBK the motion jitters more (Jitter higher: neither vs FBK only, FAC only vs both)",
+                _all_of(
+                    _compare("neither", "Jitter", ">", "FBK only"),
+                    _compare("FAC only", "Jitter", ">", "FBK and FAC"),
+                ),
+            ),
+            Claim(
+                "without FBK, FRDvs increases (jitter and unsmooth transitions)",
+                _all_of(
+                    _compare("neither", "FRDvs", ">", "FBK only"),
+                    _compare("FAC only", "FRDvs", ">", "FBK and FAC"),
+                ),
+            ),
+            Claim(
+                "both priors give the most appropriate reactions (best FRCorr)",
+                _best("FBK and FAC", "FRCorr", True),
+            ),
+        ],
+    ),
+    _table(
+        "table5_solver",
+        "table5",
+        "Table 5: SDE versus ODE sampling",
+        [("ODE", {"sample.solver": "ode"}), ("SDE", {"sample.solver": "sde"})],
+        ["FRVar", "FRDiv", "FVD", "FRCorr", "FRSyn"],
+        [
+            Claim(
+                "SDE sampling is more diverse than ODE (FRDiv higher)", _compare("SDE", "FRDiv", ">", "ODE")
+            ),
+            Claim(
+                "SDE sampling varies more over time than ODE (FRVar higher)",
+                _compare("SDE", "FRVar", ">", "ODE"),
+            ),
+            Claim(
+                "SDE sampling is more appropriate than ODE (FRCorr higher)",
+                _compare("SDE", "FRCorr", ">", "ODE"),
+            ),
+        ],
+        sampling_only=True,
+    ),
+    _table(
+        "table6_denoising_steps",
+        "table6",
+        "Table 6: denoising steps",
+        [(steps, {"sample.steps": steps}) for steps in (2, 5, 10, 25, 50, 100)],
+        ["FRVar", "FRDiv", "FVD", "FRCorr", "FRSyn"],
+        [
+            Claim(
+                "fewer steps give less diversity (FRDiv at 2 steps < at 50)", _compare(2, "FRDiv", "<", 50)
+            ),
+            Claim(
+                "fewer steps average the samples (FRVar at 2 steps < at 50)", _compare(2, "FRVar", "<", 50)
+            ),
+        ],
+        sampling_only=True,
+    ),
+    _table(
+        "table13_lambda",
+        "table13",
+        "Table 13: weight lambda of the FAC loss",
+        [(lam, {"lambda": lam}) for lam in (1, 0.1, 0.01, 0.001, 0.0001, 0.00001, 0)],
+        ["FRVar", "FRDiv", "FVD", "FRCorr", "FRSyn"],
+        [
+            Claim(
+                "appropriateness peaks at an intermediate lambda (neither 1 nor 0)", _interior_peak("FRCorr")
+            ),
+            Claim(
+                "lambda = 1e-4 (the paper's choice) beats lambda = 0 on FRCorr",
+                _compare(0.0001, "FRCorr", ">", 0),
+            ),
+        ],
+    ),
+)
+
+REALISM_COLUMNS = ("FD_stats", "FD_dynamics", "FD_learned")
+"""Our realism scores, shown where the paper has FVD (which needs an I3D network)."""
+
+
+def select_tables(names: Sequence[str] | None) -> list[AblationTable]:
+    """Tables by short name (``table2``) or paper key; ``None`` or ``["all"]`` = every table."""
+    if not names or list(names) == ["all"]:
+        return list(TABLES)
+    by_name = {t.name: t for t in TABLES} | {t.key: t for t in TABLES}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(
+            f"unknown ablation table(s) {unknown}; choose from {[t.name for t in TABLES]} or all"
+        )
+    return [by_name[n] for n in names]
+
+
+def variant_overrides(variant: Variant, base: Mapping[str, Any]) -> dict[str, Any]:
+    """The full set of ablation params of ``variant``: its own values over the ``base`` values.
+
+    ``base``: the values of :data:`ABLATION_KEYS` in the params the batch starts from. Passing every
+    key (not only the variant's) makes a variant independent of what an earlier experiment left in the
+    workspace's ``params.yaml``.
+    """
+    missing = [k for k in ABLATION_KEYS if k not in base]
+    if missing:
+        raise ValueError(f"base params lack {missing}")
+    unknown = [k for k in variant.params if k not in ABLATION_KEYS]
+    if unknown:
+        raise ValueError(f"variant {variant.label!r} sets {unknown}, which are not ablation keys")
+    return {k: variant.params.get(k, base[k]) for k in ABLATION_KEYS}
+
+
+def format_param(value: Any) -> str:
+    """A value as ``dvc exp run -S key=<value>`` takes it (YAML): booleans lower case, floats exact."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+# -- the report -------------------------------------------------------------------------------------
+
+
+def _paper_rows(table: AblationTable) -> dict[Any, dict[str, float]]:
+    rows = {}
+    for row in paper_tables()[table.key]:
+        rows[row["variant"]] = {k: v for k, v in row.items() if k != "variant" and v is not None}
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    value = float(value)
+    if value == 0:
+        return "0"
+    return f"{value:.4g}" if abs(value) >= 1e-3 else f"{value:.2e}"
+
+
+def _verdict(result: bool | None) -> str:
+    return {True: "holds", False: "does not hold", None: "not measured"}[result]
+
+
+def build_report(
+    records: Mapping[str, Mapping[Any, Metrics]],
+    tables: Sequence[AblationTable] = TABLES,
+    *,
+    subset: str = "all",
+    title: str = "Ablations: reproduced beside the paper",
+    notes: Sequence[str] = (),
+) -> tuple[str, pd.DataFrame]:
+    """Markdown and a long-format frame of every table, ours beside the paper's numbers.
+
+    ``records``: ``{table name: {row label: metrics}}``, the metrics of one coefficient ``subset``
+    (names without the subset prefix). A variant without a record shows ``-`` and its claims are
+    "not measured". The frame has one row per (table, variant, metric, source) with ``source`` ``ours``
+    or ``paper``; the Markdown has one table per study and the claims with their verdicts on our numbers
+    and on the paper's.
+    """
+    lines = [f"# {title}", "", f"Coefficient subset: **{subset}**.", *notes, ""]
+    long_rows: list[dict[str, Any]] = []
+    for table in tables:
+        ours = records.get(table.name, {})
+        paper = _paper_rows(table)
+        ours_cols = [c for c in table.metrics if c != "FVD"]
+        realism = [c for c in REALISM_COLUMNS if any(c in ours.get(v.label, {}) for v in table.variants)]
+        columns = [*ours_cols, *realism, "Jitter"]
+        header = ["variant", *[f"{c}" for c in columns], *[f"paper {c}" for c in table.metrics]]
+        lines += [f"## {table.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for variant in table.variants:
+            mine = ours.get(variant.label, {})
+            theirs = paper.get(variant.label, {})
+            cells = [str(variant.label)]
+            cells += [_fmt(mine.get(c)) for c in columns]
+            cells += [_fmt(theirs.get(c)) for c in table.metrics]
+            lines.append("| " + " | ".join(cells) + " |")
+            for metric in columns:
+                long_rows.append(
+                    {
+                        "table": table.name,
+                        "variant": str(variant.label),
+                        "metric": metric,
+                        "source": "ours",
+                        "value": mine.get(metric),
+                    }
+                )
+            for metric in table.metrics:
+                long_rows.append(
+                    {
+                        "table": table.name,
+                        "variant": str(variant.label),
+                        "metric": metric,
+                        "source": "paper",
+                        "value": theirs.get(metric),
+                    }
+                )
+        lines += ["", "| claim of the paper | on our numbers | on the paper's numbers |", "|---|---|---|"]
+        for claim in table.claims:
+            lines.append(f"| {claim.text} | {_verdict(claim.check(ours))} | {_verdict(claim.check(paper))} |")
+        lines.append("")
+    return "\n".join(lines), pd.DataFrame(
+        long_rows, columns=["table", "variant", "metric", "source", "value"]
+    )

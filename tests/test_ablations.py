@@ -1,0 +1,205 @@
+"""The ablation tables (every variant of the paper, each mapped to the right params) and their report."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pandas as pd
+import pytest
+
+from pipelines import ablations as runner
+from reactdiff.ablations import (
+    ABLATION_KEYS,
+    TABLES,
+    build_report,
+    format_param,
+    select_tables,
+    variant_overrides,
+)
+from reactdiff.config import ConfigError, load_params, load_yaml
+from reactdiff.reference import paper_tables
+
+PAPER_DEFAULTS = {
+    "model.use_frame_index": True,
+    "model.use_speaker_face": True,
+    "model.use_speaker_audio": True,
+    "train.use_fbk": True,
+    "train.use_fac": True,
+    "lambda": 0.0001,
+    "sample.solver": "sde",
+    "sample.steps": 50,
+}
+
+
+def test_every_table_of_the_paper_with_every_variant():
+    assert [t.name for t in TABLES] == ["table2", "table3", "table4", "table5", "table6", "table13"]
+    for table in TABLES:
+        paper_rows = [row["variant"] for row in paper_tables()[table.key]]
+        assert [v.label for v in table.variants] == paper_rows, table.name
+        for metric in table.metrics:  # the paper's columns of this table
+            assert any(metric in row for row in paper_tables()[table.key])
+
+
+def test_variants_map_to_the_right_params():
+    params = {t.name: {v.label: variant_overrides(v, PAPER_DEFAULTS) for v in t.variants} for t in TABLES}
+    assert params["table2"]["without h"]["model.use_frame_index"] is False
+    assert params["table2"]["with h"] == PAPER_DEFAULTS
+    modalities = {
+        "no face, no audio": (False, False),
+        "face only": (True, False),
+        "audio only": (False, True),
+        "face and audio": (True, True),
+    }
+    for label, (face, audio) in modalities.items():
+        p = params["table3"][label]
+        assert (p["model.use_speaker_face"], p["model.use_speaker_audio"]) == (face, audio)
+    priors = {
+        "neither": (False, False),
+        "FBK only": (True, False),
+        "FAC only": (False, True),
+        "FBK and FAC": (True, True),
+    }
+    for label, (fbk, fac) in priors.items():
+        p = params["table4"][label]
+        assert (p["train.use_fbk"], p["train.use_fac"]) == (fbk, fac)
+    assert params["table5"]["ODE"]["sample.solver"] == "ode" and params["table5"]["SDE"] == PAPER_DEFAULTS
+    for steps, p in params["table6"].items():
+        assert p == {**PAPER_DEFAULTS, "sample.steps": steps}
+    for lam, p in params["table13"].items():
+        assert p == {**PAPER_DEFAULTS, "lambda": lam}
+    # The paper's default configuration is one row of every table: the same experiment each time.
+    defaults = ["with h", "face and audio", "FBK and FAC", "SDE", 50, 0.0001]
+    for table, label in zip(TABLES, defaults, strict=True):
+        assert params[table.name][label] == PAPER_DEFAULTS
+    # Only the sampling tables leave the training params alone.
+    train_keys = [k for k in ABLATION_KEYS if not k.startswith("sample.")]
+    for table in TABLES:
+        changes_training = any(
+            params[table.name][v.label][k] != PAPER_DEFAULTS[k] for v in table.variants for k in train_keys
+        )
+        assert changes_training is not table.sampling_only, table.name
+
+
+def test_ablation_keys_are_real_params():
+    flat = runner.base_params(runner.DEFAULT_PARAMS, {})
+    assert set(ABLATION_KEYS) <= set(flat)
+    assert flat["lambda"] == load_params().fac_weight
+
+
+def test_variant_overrides_take_the_base_for_other_keys_and_reject_unknown_keys():
+    base = {**PAPER_DEFAULTS, "sample.steps": 10}
+    odes = variant_overrides(select_tables(["table5"])[0].variant("ODE"), base)
+    assert odes == {**base, "sample.solver": "ode"}  # the base's 10 steps stay
+    with pytest.raises(ValueError, match="base params lack"):
+        variant_overrides(TABLES[0].variants[0], {"lambda": 1.0})
+    bad = TABLES[0].variants[0].__class__("x", {"train.lr": 1.0})
+    with pytest.raises(ValueError, match="not ablation keys"):
+        variant_overrides(bad, PAPER_DEFAULTS)
+
+
+def test_experiment_names_are_unique_and_valid_refs():
+    names = [t.experiment_name(v) for t in TABLES for v in t.variants]
+    assert len(names) == len(set(names)) == 25
+    assert all(re.fullmatch(r"[a-z0-9][a-z0-9-]*[a-z0-9]", n) for n in names)
+    assert "table2-without-h" in names and "table13-1e-05" in names and "table6-100" in names
+
+
+@pytest.mark.parametrize("value", [True, False, 0, 1, 0.1, 1e-05, 0.0001, 50, "sde"])
+def test_format_param_round_trips_through_yaml(value):
+    text = format_param(value)
+    assert load_yaml(text) == value and type(load_yaml(text)) is type(value)
+
+
+def test_experiment_command_sets_every_ablation_key_and_targets_evaluate():
+    variant = select_tables(["table13"])[0].variant(0.001)
+    cmd = runner.experiment_command(
+        "abl-x-table13-0-001", variant_overrides(variant, PAPER_DEFAULTS), {}, False
+    )
+    assert cmd[:4] == ["exp", "run", "--name", "abl-x-table13-0-001"] and cmd[-1] == "evaluate"
+    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-S"]
+    assert "lambda=0.001" in sets and "model.use_frame_index=true" in sets and len(sets) == len(ABLATION_KEYS)
+    queued = runner.experiment_command("n", PAPER_DEFAULTS, {"train.steps": 1000}, True)
+    assert "--queue" in queued and "train.steps=1000" in queued
+
+
+def test_parse_sets_and_base_params_validate():
+    assert runner.parse_sets(["train.steps=1000", "sample.eta=0.5"]) == {
+        "train.steps": 1000,
+        "sample.eta": 0.5,
+    }
+    with pytest.raises(SystemExit, match="key=value"):
+        runner.parse_sets(["train.steps"])
+    with pytest.raises(SystemExit, match="what the ablation tables vary"):
+        runner.parse_sets(["lambda=1"])
+    assert runner.base_params(runner.DEFAULT_PARAMS, {"train.steps": 7})["train.steps"] == 7
+    with pytest.raises(ConfigError, match="train.stepz"):
+        runner.base_params(runner.DEFAULT_PARAMS, {"train.stepz": 7})
+    assert runner.campaign_name({}) == runner.campaign_name({})
+    assert runner.campaign_name({"train.steps": 1000}) != runner.campaign_name({"train.steps": 500})
+
+
+def test_select_tables():
+    assert select_tables(None) == list(TABLES) == select_tables(["all"])
+    assert [t.name for t in select_tables(["table5", "table13_lambda"])] == ["table5", "table13"]
+    with pytest.raises(ValueError, match="unknown ablation table"):
+        select_tables(["table7"])
+
+
+def _records():
+    return {
+        "table5": {
+            "ODE": {
+                "FRVar": 0.01,
+                "FRDiv": 0.02,
+                "FRCorr": 0.5,
+                "FRSyn": 30.0,
+                "FD_stats": 1.5,
+                "Jitter": 0.001,
+            },
+            "SDE": {
+                "FRVar": 0.02,
+                "FRDiv": 0.05,
+                "FRCorr": 0.4,
+                "FRSyn": 31.0,
+                "FD_stats": 1.2,
+                "Jitter": 0.002,
+            },
+        },
+        "table4": {  # FRDvs missing on purpose for one row; FBK only not run at all
+            "neither": {"FRDvs": 0.3, "FRCorr": 0.2, "Jitter": 0.5},
+            "FAC only": {"FRDvs": 0.2, "FRCorr": 0.3, "Jitter": 0.4},
+            "FBK and FAC": {"FRCorr": 0.6, "Jitter": 0.1},
+        },
+    }
+
+
+def test_report_places_ours_beside_the_paper_and_checks_claims():
+    tables = select_tables(["table4", "table5"])
+    markdown, frame = build_report(_records(), tables)
+    lines = markdown.splitlines()
+    header = next(line for line in lines if line.startswith("| variant | FRVar"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    ode = [
+        c.strip() for c in next(line for line in lines if line.startswith("| ODE |")).strip("|").split("|")
+    ]
+    row = dict(zip(cells, ode, strict=True))
+    assert row["FRDiv"] == "0.02" and row["FD_stats"] == "1.5" and row["Jitter"] == "0.001"
+    assert row["paper FRDiv"] == "0.0857" and row["paper FVD"] == "421.5"
+    assert "| SDE sampling is more diverse than ODE (FRDiv higher) | holds | holds |" in markdown
+    assert "| SDE sampling is more appropriate than ODE (FRCorr higher) | does not hold | holds |" in markdown
+    # Table 4: the missing "FBK only" row shows dashes and its claims are not measured.
+    assert re.search(r"\| FBK only \| - \| - \| - \| - \| - \|", markdown)
+    assert "(Jitter higher: neither vs FBK only, FAC only vs both) | not measured |" in markdown
+    assert "| both priors give the most appropriate reactions (best FRCorr) | holds |" in markdown
+    # The long CSV holds the same numbers.
+    frame = pd.read_csv(io.StringIO(frame.to_csv(index=False)))
+    pick = frame[(frame.table == "table5") & (frame.variant == "SDE") & (frame.metric == "FRCorr")]
+    assert dict(zip(pick.source, pick.value, strict=True)) == {"ours": 0.4, "paper": 0.515}
+
+
+def test_claims_hold_on_the_papers_own_numbers_where_the_paper_states_them():
+    for table in TABLES:
+        rows = {row["variant"]: row for row in paper_tables()[table.key]}
+        verdicts = [c.check(rows) for c in table.claims]
+        assert all(v in (True, None) for v in verdicts), (table.name, verdicts)
