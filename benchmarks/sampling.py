@@ -2,6 +2,7 @@
 
     python -m benchmarks.sampling [--presets demo,paper] [--steps 2,5,10,25,50,100] [--samples 1,10]
                                   [--windows N] [--paper-steps 2,10,50] [--guidance 1.0] [--device cpu]
+                                  [--streams 1,16]
 
 For each network preset (randomly initialised: weights do not change the cost) and each number of solver
 steps and samples M, the benchmark streams windows of ``w = 16`` frames through
@@ -16,7 +17,11 @@ reports:
   second ``w / latency``; real time means a window of 16 frames (640 ms of conversation at 25 fps) is
   generated within 640 ms;
 - the sampler's own overhead: time per window outside the denoiser (``CountingDenoiser``), i.e.
-  the solver updates, noise draws, (de)normalisation and host transfers.
+  the solver updates, noise draws, (de)normalisation and host transfers;
+- with ``--streams S`` (S > 1): S conversations stepped in lockstep as one batch
+  (``OnlineReactionGenerator(streams=S)``, what the ``sample`` stage does offline); latency is then for
+  all S windows together, FPS counts the frames of all streams, and ``ms/stream`` is the amortised cost of
+  one conversation's window.
 
 Speaker audio enters as precomputed features (demo: 86-dim log-mel/prosody, paper: 768-dim wav2vec2);
 the cost of encoding raw audio per window is reported separately. The first (FLOP-counted) window and
@@ -66,6 +71,7 @@ class Row:
     preset: str
     steps: int
     samples: int
+    streams: int
     params_m: float
     gflops_window: float
     gflops_eval_row: float
@@ -76,7 +82,7 @@ class Row:
 
     @property
     def fps(self) -> float:
-        return WINDOW / (self.p50_ms / 1000.0)
+        return self.streams * WINDOW / (self.p50_ms / 1000.0)
 
     @property
     def real_time(self) -> str:
@@ -88,16 +94,17 @@ class Row:
 
     def markdown(self) -> str:
         return (
-            f"| ReactDiff {self.preset} | {self.steps} | {self.samples} | {self.params_m:.2f} "
-            f"| {self.gflops_window:.3g} | {self.p50_ms:.1f} | {self.p95_ms:.1f} | {self.fps:.1f} "
+            f"| ReactDiff {self.preset} | {self.steps} | {self.samples} | {self.streams} "
+            f"| {self.params_m:.2f} | {self.gflops_window:.3g} | {self.p50_ms:.1f} | {self.p95_ms:.1f} "
+            f"| {self.p50_ms / self.streams:.1f} | {self.fps:.1f} "
             f"| {self.real_time} | {self.network_ms:.1f} | {self.overhead_ms:.1f} |"
         )
 
 
 HEADER = (
-    "| Method | Steps | M | Params (M) | GFLOPs/window | latency p50 ms | p95 ms | FPS | real time? "
-    "| network ms | sampler overhead ms |\n"
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    "| Method | Steps | M | streams | Params (M) | GFLOPs/window | latency p50 ms | p95 ms | ms/stream | FPS "
+    "| real time? | network ms | sampler overhead ms |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
 
 
@@ -119,6 +126,7 @@ def measure(
     device: torch.device,
     guidance: float,
     solver: str,
+    streams: int = 1,
 ) -> Row:
     """Generate ``windows`` timed windows (after a FLOP-counted and a plain warm-up window)."""
     audio_dim = AUDIO_DIM[preset]
@@ -134,29 +142,31 @@ def measure(
         solver=solver,
         guidance_scale=guidance,
         device=device,
+        streams=streams,
     )
     rng = np.random.default_rng(1)
     total = windows + 2
-    face = rng.normal(size=(total * WINDOW, N_COEFFS)).astype(np.float32)
-    feats = rng.normal(size=(total * WINDOW, audio_dim)).astype(np.float32)
+    face = rng.normal(size=(streams, total * WINDOW, N_COEFFS)).astype(np.float32)
+    feats = rng.normal(size=(streams, total * WINDOW, audio_dim)).astype(np.float32)
 
-    def window(i: int) -> tuple[np.ndarray, np.ndarray]:
-        return face[i * WINDOW : (i + 1) * WINDOW], feats[i * WINDOW : (i + 1) * WINDOW]
+    def step(i: int) -> None:
+        f, a = face[:, i * WINDOW : (i + 1) * WINDOW], feats[:, i * WINDOW : (i + 1) * WINDOW]
+        if streams == 1:
+            gen.step(f[0], audio_features=a[0])
+        else:
+            gen.step_streams(f, a)
 
-    f, a = window(0)
     with FlopCounterMode(display=False, custom_mapping=LSTM_FLOPS) as flop_counter:
-        gen.step(f, audio_features=a)
-    flops = flop_counter.get_total_flops()
-    evaluated_rows = counter.rows
-    f, a = window(1)
-    gen.step(f, audio_features=a)
+        step(0)
+    flops = flop_counter.get_total_flops() / streams
+    evaluated_rows = counter.rows / streams
+    step(1)
 
     latencies, network = [], []
     for i in range(2, total):
-        f, a = window(i)
         counter.reset()
         start = time.perf_counter()
-        gen.step(f, audio_features=a)  # returns numpy: any device work has finished
+        step(i)  # returns numpy: any device work has finished
         latencies.append(time.perf_counter() - start)
         network.append(counter.seconds)
     lat_ms = np.asarray(latencies) * 1000.0
@@ -165,6 +175,7 @@ def measure(
         preset=preset,
         steps=steps,
         samples=samples,
+        streams=streams,
         params_m=count_parameters(denoiser) / 1e6,
         gflops_window=flops / 1e9,
         gflops_eval_row=flops / evaluated_rows / 1e9,
@@ -226,6 +237,7 @@ def main() -> None:
         "--guidance", type=float, default=1.0, help="classifier-free guidance (!=1 doubles rows)"
     )
     parser.add_argument("--solver", default="sde", choices=["sde", "ode"])
+    parser.add_argument("--streams", default="1", help="conversations batched in lockstep (comma-separated)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch CPU threads")
     parser.add_argument("--no-audio", action="store_true", help="skip timing the audio encoders")
@@ -253,10 +265,12 @@ def main() -> None:
         windows = args.windows or (3 if preset == "paper" else 20)
         for n_steps in steps:
             for m in _ints(args.samples):
-                start = time.perf_counter()
-                row = measure(preset, n_steps, m, windows, device, args.guidance, args.solver)
-                rows.append(row)
-                print(f"{row.markdown()}  [{time.perf_counter() - start:.0f} s]", file=sys.stderr, flush=True)
+                for streams in _ints(args.streams):
+                    start = time.perf_counter()
+                    row = measure(preset, n_steps, m, windows, device, args.guidance, args.solver, streams)
+                    rows.append(row)
+                    took = time.perf_counter() - start
+                    print(f"{row.markdown()}  [{took:.0f} s]", file=sys.stderr, flush=True)
 
     load_after = os.getloadavg()[0]
     lines = [
