@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -89,6 +90,9 @@ def test_dvc_repro_runs_every_stage(project):
     assert train["steps"] == 30 and train["parameters"] > 0
     samples = pq.read_table(dest / "samples" / "test.parquet")
     assert samples.num_rows == 4 * 2 * 121  # 4 test examples x M=2 x every frame
+    coeffs = np.stack(samples.column("coeffs").to_numpy(zero_copy_only=False))
+    assert coeffs.shape == (4 * 2 * 121, 58) and np.isfinite(coeffs).all()
+    assert coeffs[:, :52].min() >= 0.0 and coeffs[:, :52].max() <= 1.0  # blendshape weights
     evaluation = json.loads((dest / "metrics" / "evaluate.json").read_text())
     assert set(evaluation) == {"all", "expression", "pose"}
     assert evaluation["all"]["FRDiv"] > 0
