@@ -164,7 +164,12 @@ def _experiment_id(client) -> str:
 
 
 def table_parent(
-    client, experiment_id: str, table: AblationTable, campaign: str, base: Mapping[str, Any]
+    client,
+    experiment_id: str,
+    table: AblationTable,
+    campaign: str,
+    base: Mapping[str, Any],
+    sets: Mapping[str, Any],
 ) -> str:
     """The parent run of ``table`` in ``campaign``, created on first use."""
     found = client.search_runs(
@@ -178,6 +183,7 @@ def table_parent(
         "reactdiff.role": "table",
         "reactdiff.table": table.name,
         "reactdiff.campaign": campaign,
+        "reactdiff.overrides": json.dumps(dict(sets), sort_keys=True),
         "git_commit": tracking.git_commit() or "",
         "mlflow.note.content": f"{table.title}: one child run per variant (campaign {campaign}).",
     }
@@ -307,7 +313,7 @@ def run_tables(
     experiment_id = _experiment_id(client)
     todo: list[tuple[AblationTable, Variant, str, str]] = []
     for table in tables:
-        parent = table_parent(client, experiment_id, table, campaign, base)
+        parent = table_parent(client, experiment_id, table, campaign, base, sets)
         done = finished_variants(client, experiment_id, parent)
         for variant in table.variants:
             if str(variant.label) in done:
@@ -361,39 +367,70 @@ def latest_campaign(client, experiment_id: str) -> str:
 
 
 def load_records(
-    client, experiment_id: str, campaign: str, subset: str
-) -> dict[str, dict[Any, dict[str, float]]]:
-    """``{table: {variant label: metrics of subset}}`` from the campaign's variant runs in MLflow."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`reactdiff.role` = 'variant' and tags.`reactdiff.campaign` = '{campaign}'",
-        max_results=10_000,
-    )
+    client, experiment_id: str, campaigns: Sequence[str], subset: str
+) -> tuple[dict[str, dict[Any, dict[str, float]]], dict[str, list[str]]]:
+    """Metrics of ``subset`` per table and variant from the variant runs of ``campaigns`` in MLflow.
+
+    Returns ``({table: {variant label: metrics}}, {table: [campaigns that provided its rows]})``. A
+    variant recorded by several of the campaigns takes the record of the last campaign listed (and of
+    the latest run within it).
+    """
     labels = {(t.name, str(v.label)): v.label for t in select_tables(None) for v in t.variants}
     records: dict[str, dict[Any, dict[str, float]]] = {}
+    sources: dict[str, list[str]] = {}
     prefix = f"{subset}."
-    for run in sorted(runs, key=lambda r: r.info.start_time):  # the latest record of a variant wins
-        table = run.data.tags["reactdiff.table"]
-        label = labels.get((table, run.data.tags["reactdiff.variant"]))
-        if label is None:
-            continue
-        metrics = {k[len(prefix) :]: v for k, v in run.data.metrics.items() if k.startswith(prefix)}
-        records.setdefault(table, {})[label] = metrics
-    return records
+    for campaign in campaigns:
+        runs = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`reactdiff.role` = 'variant' and tags.`reactdiff.campaign` = '{campaign}'",
+            max_results=10_000,
+        )
+        for run in sorted(runs, key=lambda r: r.info.start_time):
+            table = run.data.tags["reactdiff.table"]
+            label = labels.get((table, run.data.tags["reactdiff.variant"]))
+            if label is None:
+                continue
+            metrics = {k[len(prefix) :]: v for k, v in run.data.metrics.items() if k.startswith(prefix)}
+            records.setdefault(table, {})[label] = metrics
+            if campaign not in sources.setdefault(table, []):
+                sources[table].append(campaign)
+    return records, sources
 
 
-def write_report(campaign: str | None, subset: str, tables: Sequence[AblationTable], out_dir: Path) -> Path:
+def campaign_overrides(client, experiment_id: str, campaign: str) -> dict[str, Any]:
+    """The ``--set`` overrides a campaign ran with (from its table parent runs)."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`reactdiff.role` = 'table' and tags.`reactdiff.campaign` = '{campaign}'",
+    )
+    for run in runs:
+        if "reactdiff.overrides" in run.data.tags:
+            return json.loads(run.data.tags["reactdiff.overrides"])
+    return {}
+
+
+def write_report(
+    campaigns: Sequence[str] | None, subset: str, tables: Sequence[AblationTable], out_dir: Path
+) -> Path:
     client = _client()
     experiment_id = _experiment_id(client)
-    campaign = campaign or latest_campaign(client, experiment_id)
-    records = load_records(client, experiment_id, campaign, subset)
+    campaigns = list(campaigns or [latest_campaign(client, experiment_id)])
+    records, sources = load_records(client, experiment_id, campaigns, subset)
+    overrides = {c: campaign_overrides(client, experiment_id, c) for c in campaigns}
+
+    def describe(campaign: str) -> str:
+        sets = ", ".join(f"`{k}={format_param(v)}`" for k, v in overrides[campaign].items())
+        return f"`{campaign}` ({sets or 'params.yaml as committed'})"
+
     notes = [
-        f"Campaign `{campaign}` (MLflow experiment `{EXPERIMENT}`, {tracking.tracking_uri()}).",
+        f"Campaigns: {'; '.join(describe(c) for c in campaigns)}; MLflow experiment `{EXPERIMENT}` at "
+        f"{tracking.tracking_uri()}.",
         "Paper columns: REACT2024 numbers (`paper_tables.json`); ours: the data the campaign ran on.",
         "The paper's FVD needs an I3D network; our realism columns are Frechet distances named for what "
         "they measure. Jitter: mean squared frame-to-frame acceleration of the generated coefficients.",
     ]
-    markdown, frame = build_report(records, tables, subset=subset, notes=notes)
+    table_notes = {t: "Rows from " + "; ".join(describe(c) for c in cs) + "." for t, cs in sources.items()}
+    markdown, frame = build_report(records, tables, subset=subset, notes=notes, table_notes=table_notes)
     io.write_text(markdown, out_dir / "ablations.md")
     io.write_text(frame.to_csv(index=False), out_dir / "ablations.csv")
     return out_dir / "ablations.md"
@@ -420,7 +457,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     run.add_argument("--jobs", type=int, default=1, help="experiments at a time (>1: DVC queue in temp dirs)")
     run.add_argument("--no-report", action="store_true", help="skip writing reports/ablations.* at the end")
     report = sub.add_parser("report", help="reports/ablations.{md,csv} from MLflow's records")
-    report.add_argument("--campaign", help="default: the latest campaign")
+    report.add_argument(
+        "--campaign",
+        nargs="+",
+        help="campaign(s) to report, later ones win per variant (default: the latest)",
+    )
     report.add_argument("--subset", default="all", choices=["all", "expression", "pose"])
     report.add_argument("--tables", nargs="+", default=["all"])
     report.add_argument("--out", type=Path, default=REPORT_DIR)
@@ -436,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         campaign = args.campaign or campaign_name(sets)
         run_tables(tables, sets, campaign, jobs=args.jobs)
         if not args.no_report:
-            print(f"[ablations] report: {write_report(campaign, 'all', tables, REPORT_DIR)}")
+            print(f"[ablations] report: {write_report([campaign], 'all', tables, REPORT_DIR)}")
     else:
         print(f"[ablations] report: {write_report(args.campaign, args.subset, tables, args.out)}")
 

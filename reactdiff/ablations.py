@@ -390,6 +390,7 @@ def build_report(
     subset: str = "all",
     title: str = "Ablations: reproduced beside the paper",
     notes: Sequence[str] = (),
+    table_notes: Mapping[str, str] | None = None,
 ) -> tuple[str, pd.DataFrame]:
     """Markdown and a long-format frame of every table, ours beside the paper's numbers.
 
@@ -397,7 +398,7 @@ def build_report(
     (names without the subset prefix). A variant without a record shows ``-`` and its claims are
     "not measured". The frame has one row per (table, variant, metric, source) with ``source`` ``ours``
     or ``paper``; the Markdown has one table per study and the claims with their verdicts on our numbers
-    and on the paper's.
+    and on the paper's. ``table_notes``: a line under a table's title (e.g. where its rows come from).
     """
     lines = [f"# {title}", "", f"Coefficient subset: **{subset}**.", *notes, ""]
     long_rows: list[dict[str, Any]] = []
@@ -408,7 +409,10 @@ def build_report(
         realism = [c for c in REALISM_COLUMNS if any(c in ours.get(v.label, {}) for v in table.variants)]
         columns = [*ours_cols, *realism, "Jitter"]
         header = ["variant", *[f"{c}" for c in columns], *[f"paper {c}" for c in table.metrics]]
-        lines += [f"## {table.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += [f"## {table.title}", ""]
+        if table_notes and table.name in table_notes:
+            lines += [table_notes[table.name], ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for variant in table.variants:
             mine = ours.get(variant.label, {})
             theirs = paper.get(variant.label, {})

@@ -203,3 +203,10 @@ def test_claims_hold_on_the_papers_own_numbers_where_the_paper_states_them():
         rows = {row["variant"]: row for row in paper_tables()[table.key]}
         verdicts = [c.check(rows) for c in table.claims]
         assert all(v in (True, None) for v in verdicts), (table.name, verdicts)
+
+
+def test_report_notes_under_a_table_title():
+    markdown, _ = build_report(
+        _records(), select_tables(["table5"]), table_notes={"table5": "Rows from `abl-x`."}
+    )
+    assert "## Table 5: SDE versus ODE sampling\n\nRows from `abl-x`.\n\n| variant |" in markdown
