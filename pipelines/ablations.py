@@ -300,6 +300,22 @@ def _plot_curve(curve_csv: str, out: Path, title: str) -> None:
 # -- run -----------------------------------------------------------------------------------------------
 
 
+def training_order(overrides: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Run order of variants: those that share a trained model one after another, first seen first.
+
+    DVC's run cache does not serve the ``train`` stage (it has git-tracked, uncached metric and plot
+    outputs), so a training configuration is reused only while the workspace still holds it: the
+    paper's default row of Tables 2-6 and 13 trains once when those variants run back to back, and the
+    sampling-only variants then only resample. The order within a group keeps the tables' order.
+    """
+    first_seen: dict[tuple, int] = {}
+    keys = []
+    for params in overrides:
+        training = tuple((k, params[k]) for k in ABLATION_KEYS if not k.startswith("sample."))
+        keys.append(first_seen.setdefault(training, len(first_seen)))
+    return sorted(range(len(overrides)), key=lambda i: (keys[i], i))
+
+
 def run_tables(
     tables: Sequence[AblationTable],
     sets: Mapping[str, Any],
@@ -320,6 +336,8 @@ def run_tables(
                 print(f"[ablations] {table.name} / {variant.label}: recorded in MLflow, skipped", flush=True)
                 continue
             todo.append((table, variant, parent, f"{campaign}-{table.name}-{variant.slug()}"))
+    order = training_order([variant_overrides(v, ablation_base) for _, v, _, _ in todo])
+    todo = [todo[i] for i in order]
     print(f"[ablations] campaign {campaign}: {len(todo)} variant(s) to run or record", flush=True)
     if not todo:
         return

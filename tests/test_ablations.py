@@ -210,3 +210,29 @@ def test_report_notes_under_a_table_title():
         _records(), select_tables(["table5"]), table_notes={"table5": "Rows from `abl-x`."}
     )
     assert "## Table 5: SDE versus ODE sampling\n\nRows from `abl-x`.\n\n| variant |" in markdown
+
+
+def test_variants_sharing_a_trained_model_run_back_to_back():
+    todo = [(t, v) for t in TABLES for v in t.variants]
+    order = runner.training_order([variant_overrides(v, PAPER_DEFAULTS) for _, v in todo])
+    assert sorted(order) == list(range(len(todo)))
+    ran = [todo[i] for i in order]
+
+    def training(variant) -> tuple:
+        return tuple(
+            (k, x)
+            for k, x in variant_overrides(variant, PAPER_DEFAULTS).items()
+            if not k.startswith("sample.")
+        )
+
+    default_training = training(TABLES[0].variant("with h"))
+    uses_default = [i for i, (_, v) in enumerate(ran) if training(v) == default_training]
+    # with h, face and audio, FBK and FAC, ODE, SDE, the 6 step counts, lambda 1e-4: one model, run in a row
+    # right after the first variant (the default model is the second training configuration seen).
+    assert uses_default == list(range(1, 13))
+    assert [f"{t.name}/{v.label}" for t, v in ran[:2]] == ["table2/without h", "table2/with h"]
+    assert len({training(v) for _, v in ran}) == 14  # the paper's tables need 14 trained models
+    # Outside the groups, the tables' order is kept.
+    rest = [f"{t.name}/{v.label}" for t, v in ran[13:]]
+    assert rest[:3] == ["table3/no face, no audio", "table3/face only", "table3/audio only"]
+    assert rest[-1] == "table13/0"
