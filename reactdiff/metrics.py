@@ -41,9 +41,17 @@ ReactDiff's own 3DMM evaluation code is not public:
   slower compiled (measured, three default subsets). DTW runs compiled (numba, ``backend="numba"``,
   :data:`LANES` alignments per call in SIMD lanes, float32 local costs on inputs centred in float64,
   float64 path sums; within 1e-6 relative of the float64 numpy reference, ``backend="numpy"``, which is
-  kept for tests and machines without numba): about 2.5 ns of CPU time per (pair, cell) for the three
-  default subsets, so the REACT test set (322k alignments of 750 x 750 frames at 20 neighbours per clip)
-  takes 480 CPU seconds, 4 to 5 minutes on two cores (``workers=2``); see ``benchmarks/metrics.py``.
+  kept for tests and machines without numba): 2.2 ns of CPU time per (pair, cell) for the three default
+  subsets on an idle AMD EPYC (Zen 3) core, up to 2.7 ns when other processes share the cores and caches,
+  so the REACT test set (322k alignments of 750 x 750 frames at 20 neighbours per clip) takes 390 to 490
+  CPU seconds, 3.5 to 4 minutes on two cores (``workers=2``); see ``benchmarks/metrics.py``. Two
+  alternatives were measured and not taken: local costs as a GEMM (``||x||^2 + ||y||^2 - 2 x.y``, float32
+  sgemm) cost 1.55 ns per (pair, cell) before any dynamic programming, and the expanded form loses the
+  exact zero of identical frames. Exact early abandoning of the min over ``A(k)`` (stop an alignment once
+  a whole row of its cumulative costs exceeds the best found so far) is not done: on the benchmark's
+  data the squared distances to the 20 neighbours spread by 1.5 % (relative std), so even knowing the
+  best in advance would skip about 3 % of the rows, and a lane group can only stop when all its 16 pairs
+  and three subsets can.
 - **FRDiv** (:func:`frdiv`): mean over clips of the mean squared difference between two different
   samples of the same clip (ordered pairs ``i != j``), per frame and dimension; equal to the public
   ``compute_FRDiv``. Closed form used: ``2 * var(ddof=1)`` over the samples, averaged over frames and dims.
@@ -78,7 +86,12 @@ ReactDiff's own 3DMM evaluation code is not public:
   (``FD_learned``: embeddings of a small temporal encoder trained on the train split's listeners,
   :mod:`reactdiff.realism`) enters :func:`compute_all` as a ``{subset: callable}`` feature kind.
 
-:func:`compute_all` runs everything for every subset and returns ``{subset: {metric: value}}``.
+:func:`compute_all` runs everything for every subset and returns ``{subset: {metric: value}}``. Cost at
+the REACT test set's scale (``N = K = 1612``, ``M = 10``, ``T = 750``, 20 neighbours per clip; measured at
+100 clips and scaled, ``python -m benchmarks.metrics``), in CPU seconds: FRDist 390 to 490 (above), the
+learned FD 35, FRSyn 18, FRCorr 5, the stats and dynamics FDs 11, FRDiv, FRVar, FRDvs, Jitter and the
+constant channels together 1 (one compiled pass over ``P``): 460 to 560 in all, under 5 minutes on two
+cores with ``workers=2``. Peak memory is ``P`` (2.8 GB as float32) plus about 0.5 GB.
 """
 
 from __future__ import annotations
@@ -218,6 +231,78 @@ def _ccc_against(pk: np.ndarray, lj: np.ndarray, const_tol: float) -> np.ndarray
     return _ccc_ratio(cov, den, const_tol)
 
 
+if numba is not None:
+
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
+    def _centre(z, out, mean, var):
+        """``out = z - mean`` over axis 0 of ``z`` ``[T, D]`` in float64; ``var``: population variance."""
+        T, D = z.shape
+        mean[:] = 0.0
+        for t in range(T):
+            for d in range(D):
+                mean[d] += z[t, d]
+        mean /= T
+        var[:] = 0.0
+        for t in range(T):
+            for d in range(D):
+                out[t, d] = z[t, d] - mean[d]
+                var[d] += out[t, d] * out[t, d]
+        var /= T
+
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
+    def _frcorr_kernel(P, L, nb_idx, nb_ptr, sub_cols, sub_ptr, const_tol, out):
+        """FRCorr's per-clip sums ``out[k, s] = sum_i max_{j in A(k)} mean_{d in s} CCC(P[k, i], L[j])_d``.
+
+        ``A(k) = nb_idx[nb_ptr[k]:nb_ptr[k + 1]]``; subset ``s`` is ``sub_cols[sub_ptr[s]:sub_ptr[s + 1]]``.
+        The same population moments and centring as :func:`_ccc_against`, in float64, with the cross sums
+        of all (sample, neighbour) pairs accumulated frame by frame so that the clip's data is read once
+        (about 20x faster than the per-clip numpy path). NaN inputs give NaN, as with numpy's max.
+        """
+        N, M, T, D = P.shape
+        S = sub_ptr.shape[0] - 1
+        J_max = 0
+        for k in range(N):
+            J_max = max(J_max, nb_ptr[k + 1] - nb_ptr[k])
+        xc = np.empty((M, T, D))
+        mx = np.empty((M, D))
+        vx = np.empty((M, D))
+        yc = np.empty((J_max, T, D))
+        my = np.empty((J_max, D))
+        vy = np.empty((J_max, D))
+        cov = np.empty((J_max, M, D))
+        for k in range(N):
+            J = nb_ptr[k + 1] - nb_ptr[k]
+            if J == 0:
+                continue
+            for m in range(M):
+                _centre(P[k, m], xc[m], mx[m], vx[m])
+            for jj in range(J):
+                _centre(L[nb_idx[nb_ptr[k] + jj]], yc[jj], my[jj], vy[jj])
+            cov[:J] = 0.0
+            for t in range(T):
+                for jj in range(J):
+                    for m in range(M):
+                        for d in range(D):
+                            cov[jj, m, d] += xc[m, t, d] * yc[jj, t, d]
+            for s in range(S):
+                n_cols = sub_ptr[s + 1] - sub_ptr[s]
+                total = 0.0
+                for m in range(M):
+                    best = -np.inf
+                    for jj in range(J):
+                        acc = 0.0
+                        for c in range(sub_ptr[s], sub_ptr[s + 1]):
+                            d = sub_cols[c]
+                            diff = mx[m, d] - my[jj, d]
+                            den = vx[m, d] + vy[jj, d] + diff * diff
+                            acc += 1.0 if den <= const_tol * const_tol else 2.0 * (cov[jj, m, d] / T) / den
+                        value = acc / n_cols
+                        if not math.isnan(best) and (math.isnan(value) or value > best):
+                            best = value  # a NaN, once met, stays: numpy's max propagates it
+                    total += best
+                out[k, s] = total
+
+
 def frcorr(
     P: np.ndarray,
     L: np.ndarray,
@@ -229,18 +314,31 @@ def frcorr(
 
     ``P`` ``[N, M, T, D]``, ``L`` ``[K, T, D]``, ``neighbours`` bool ``[N, K]``. Clips with an empty
     ``A(k)`` are left out (count them with :func:`compute_all`); NaN when no clip has a neighbour.
+    Compiled when numba is installed (a numpy path otherwise; they agree to rounding).
     """
     P = _check_reactions(P)
+    L = np.asarray(L)
     cols = resolve_subsets(subsets, P.shape[-1])
     lists = _neighbour_lists(neighbours, P.shape[0], len(L))
+    ks = [k for k, js in enumerate(lists) if js.size]
+    if not ks:
+        return {name: math.nan for name in cols}
+    if numba is not None and P.dtype in (np.float32, np.float64) and L.dtype in (np.float32, np.float64):
+        if L.shape[1:] != P.shape[2:]:
+            raise ValueError(f"real reactions {L.shape} and generated {P.shape} differ in frames or dims")
+        ptr = np.concatenate([[0], np.cumsum([len(js) for js in lists])]).astype(np.int64)
+        idx = np.concatenate(lists).astype(np.int64)
+        sub_cols = np.concatenate(list(cols.values())).astype(np.int64)
+        sub_ptr = np.concatenate([[0], np.cumsum([len(c) for c in cols.values()])]).astype(np.int64)
+        sums = np.zeros((P.shape[0], len(cols)))
+        _frcorr_kernel(P, L, idx, ptr, sub_cols, sub_ptr, const_tol, sums)
+        return {name: float(sums[ks, s].mean()) for s, name in enumerate(cols)}
     per_clip: dict[str, list[float]] = {name: [] for name in cols}
-    for k, js in enumerate(lists):
-        if js.size == 0:
-            continue
-        c = _ccc_against(np.asarray(P[k], np.float64), np.asarray(L[js], np.float64), const_tol)
+    for k in ks:
+        c = _ccc_against(np.asarray(P[k], np.float64), np.asarray(L[lists[k]], np.float64), const_tol)
         for name, idx in cols.items():
             per_clip[name].append(float(c[..., idx].mean(axis=-1).max(axis=1).sum()))
-    return {name: float(np.mean(v)) if v else math.nan for name, v in per_clip.items()}
+    return {name: float(np.mean(v)) for name, v in per_clip.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -523,7 +621,8 @@ def _pool_context() -> mp.context.BaseContext:
 # against many generated ones, which is how FRDist's pairs come) broadcast y from memory; otherwise y has a
 # lane axis too. Local costs are float32 (inputs are first centred on the mean of y in float64, so no
 # precision is lost to large offsets); path sums are float64. Measured on AMD EPYC (Zen 3, AVX2) at T = U =
-# 750, 58 dims, three subsets: 2.4 ns of CPU time per (pair, cell) with shared y, about 5 ns without.
+# 750, 58 dims, three subsets: 2.2 ns of CPU time per (pair, cell) with shared y (5.3 cycles at 2.45 GHz;
+# the 58 subtractions and 58 FMAs per pair and cell alone need 3.6), about 5 ns without.
 #
 # Codegen notes, all measured: the per-lane accumulators and the diagonal / left carries live on the stack
 # (_stack_array), because LLVM keeps heap arrays in memory (it cannot rule out aliasing), 2x slower; flat
@@ -1302,10 +1401,24 @@ def _lag_windows(T: int, max_lag: int) -> tuple[np.ndarray, ...]:
 
 
 def _window_moments(z: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sums of ``z`` and ``z^2`` over time windows ``[a, b)``: ``[..., D, T]`` -> two ``[..., D, lags]``."""
-    c1 = np.concatenate([np.zeros(z.shape[:-1] + (1,)), np.cumsum(z, axis=-1)], axis=-1)
-    c2 = np.concatenate([np.zeros(z.shape[:-1] + (1,)), np.cumsum(z * z, axis=-1)], axis=-1)
-    return c1[..., b] - c1[..., a], c2[..., b] - c2[..., a]
+    """Sums of ``z`` and ``z^2`` over time windows ``[a, b)``: ``[..., D, T]`` -> two ``[..., D, lags]``.
+
+    Every lag window drops at most ``h = max_lag`` frames at one end (``a == 0`` or ``b == T``), so each
+    sum is the total minus a head sum of ``a`` frames minus a tail sum of ``T - b`` frames: cumulative
+    sums over the ``h`` frames at each end only, not over all ``T`` (3x faster FRSyn at ``T = 750``).
+    """
+    T = z.shape[-1]
+    h = int(max(a.max(), T - b.min(), 0))
+    out = []
+    for power in (1, 2):
+        head = z[..., :h] if power == 1 else np.square(z[..., :h])
+        tail = z[..., T - h :][..., ::-1] if power == 1 else np.square(z[..., T - h :][..., ::-1])
+        zero = np.zeros(z.shape[:-1] + (1,))
+        head = np.concatenate([zero, np.cumsum(head, axis=-1)], axis=-1)  # head[j] = sum of z[:j]
+        tail = np.concatenate([zero, np.cumsum(tail, axis=-1)], axis=-1)  # tail[j] = sum of z[T - j:]
+        total = z.sum(axis=-1) if power == 1 else np.einsum("...t,...t->...", z, z)
+        out.append(total[..., None] - head[..., a] - tail[..., T - b])
+    return out[0], out[1]
 
 
 def _tlcc_batch(x: np.ndarray, y: np.ndarray, max_lag: int, const_tol: float) -> np.ndarray:
@@ -1425,6 +1538,60 @@ FeatureFn = Callable[[np.ndarray], np.ndarray]
 FEATURE_EXTRACTORS: dict[str, FeatureFn] = {"stats": _stats_features, "dynamics": _dynamics_features}
 """Named window feature extractors: ``windows [n, window, D] -> features [n, F]``."""
 
+if numba is not None:
+
+    @numba.njit(nogil=True, cache=True)
+    def _window_kernel(x, cols, starts, window, dynamics, out):
+        """The named extractors compiled: row ``s * len(starts) + w`` of ``out`` = window ``w`` of ``x[s]``.
+
+        ``x`` ``[S, T, D_all]`` (read in place, columns ``cols``), ``out`` float64 ``[S * len(starts), 2 D]``:
+        ``stats`` (mean, then std with ddof=0, two passes) or ``dynamics`` (mean absolute velocity, then
+        mean absolute acceleration). The same formulas as :func:`_stats_features` and
+        :func:`_dynamics_features` without their float64 window copies and temporaries (measured 4x faster).
+        """
+        n_win = starts.shape[0]
+        D = cols.shape[0]
+        buf = np.empty((window, D))
+        for s in range(x.shape[0]):
+            for w in range(n_win):
+                row = s * n_win + w
+                for t in range(window):
+                    for c in range(D):
+                        buf[t, c] = x[s, starts[w] + t, cols[c]]
+                for c in range(D):
+                    if dynamics:
+                        prev = buf[1, c] - buf[0, c]
+                        sv = abs(prev)
+                        sa = 0.0
+                        for t in range(2, window):
+                            v = buf[t, c] - buf[t - 1, c]
+                            sv += abs(v)
+                            sa += abs(v - prev)
+                            prev = v
+                        out[row, c] = sv / (window - 1)
+                        out[row, D + c] = sa / (window - 2)
+                    else:
+                        total = 0.0
+                        for t in range(window):
+                            total += buf[t, c]
+                        mean = total / window
+                        ss = 0.0
+                        for t in range(window):
+                            ss += (buf[t, c] - mean) * (buf[t, c] - mean)
+                        out[row, c] = mean
+                        out[row, D + c] = math.sqrt(ss / window)
+
+    @numba.njit(nogil=True, cache=True)
+    def _gather_windows(x, cols, starts, window, out):
+        """``out[s * len(starts) + w, t, c] = x[s, starts[w] + t, cols[c]]`` in float64, in one pass."""
+        n_win = starts.shape[0]
+        for s in range(x.shape[0]):
+            for w in range(n_win):
+                row = s * n_win + w
+                for t in range(window):
+                    for c in range(cols.shape[0]):
+                        out[row, t, c] = x[s, starts[w] + t, cols[c]]
+
 
 def window_features(
     x: np.ndarray,
@@ -1452,11 +1619,20 @@ def window_features(
         raise ValueError(f"window {window} does not fit clips of {T} frames (dynamics needs >= 3)")
     starts = np.arange(0, T - window + 1, hop)
     seqs = x.reshape(-1, T, x.shape[-1])
+    if isinstance(kind, str) and numba is not None and x.dtype in (np.float32, np.float64):
+        out = np.empty((len(seqs) * len(starts), 2 * D))
+        _window_kernel(seqs, cols, starts, window, kind == "dynamics", out)
+        return out
     feats = []
+    compiled = numba is not None and x.dtype in (np.float32, np.float64)
     for sl in _clip_chunks(len(seqs), len(starts) * window * D * 8 * 4):  # float64 windows + temporaries
-        chunk = seqs[sl] if columns is None else seqs[sl][..., cols]
-        view = np.lib.stride_tricks.sliding_window_view(chunk, window, axis=1)[:, starts]
-        wins = np.asarray(view, np.float64).transpose(0, 1, 3, 2).reshape(-1, window, D)  # [n, window, D]
+        if compiled:  # one copy, where the numpy path below makes three (columns, float64, layout)
+            wins = np.empty(((sl.stop - sl.start) * len(starts), window, D))
+            _gather_windows(seqs[sl], cols, starts, window, wins)
+        else:
+            chunk = seqs[sl] if columns is None else seqs[sl][..., cols]
+            view = np.lib.stride_tricks.sliding_window_view(chunk, window, axis=1)[:, starts]
+            wins = np.asarray(view, np.float64).transpose(0, 1, 3, 2).reshape(-1, window, D)  # [n, window, D]
         feats.append(np.asarray(fn(wins), np.float64))
     return np.concatenate(feats, axis=0)
 
@@ -1623,8 +1799,8 @@ def compute_all(
             fn = kind.get(name) if isinstance(kind, Mapping) else kind
             if fn is not None:  # a per-subset extractor mapping without this subset: not scored
                 tasks.append(lambda label=label, name=name, fn=fn: fd_entries(label, name, fn))
-    # The metrics besides FRDist are single-threaded numpy, which releases the GIL in its array loops:
-    # ``workers`` threads run them side by side (each bounds its own working memory to DEFAULT_MAX_BYTES).
+    # The metrics besides FRDist are single-threaded compiled kernels or numpy, both of which release the
+    # GIL: ``workers`` threads run them side by side (each bounds its own working memory).
     # Results are collected in task order, so the output does not depend on which finishes first.
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:

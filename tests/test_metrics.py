@@ -512,3 +512,64 @@ def test_compute_all_rejects_mismatched_shapes(dyads):
         compute_all(P, L, S[:2], nb)
     with pytest.raises(ValueError, match="unknown subsets"):
         compute_all(P, L, S, nb, subsets=("mouth",))
+
+
+# ------------------------------------------------------------------------- compiled paths vs numpy paths
+
+
+def _extremes(windows):
+    """A callable window feature: per-dimension min and max."""
+    return np.concatenate([windows.min(axis=1), windows.max(axis=1)], axis=1)
+
+
+def _numpy_only(monkeypatch):
+    """Make the module take its numpy paths, as on a machine without numba."""
+    monkeypatch.setattr(metrics, "numba", None)
+    monkeypatch.setattr(metrics, "_NUMPY_FALLBACK_WARNED", True)
+
+
+def test_compiled_diversity_frcorr_and_windows_equal_the_numpy_paths(monkeypatch, dyads):
+    """One fused pass for FRDiv/FRVar/Jitter/FRDvs/constant channels, the FRCorr kernel and the window
+    kernels give the numpy paths' values, on float32 input with constant and identical channels."""
+    P, L, S, nb = dyads
+    P = P.astype(np.float32)
+    P[1, :, :, 3] = 0.5  # constant over time in every sample of clip 1
+    P[2, 1] = P[2, 0]  # two identical samples
+    nb = nb.copy()
+    nb[0, :] = True  # |A(k)| differs between clips
+    nb[2] = False  # a clip without neighbours
+    subsets = {"all": range(58), "odd": [1, 3, 57], "pose": POSE}
+    metric_fns = (frdiv, frvar, jitter, frdvs)
+    compiled = [fn(P, subsets) for fn in metric_fns] + [frcorr(P, L, nb, subsets)]
+    variants = [
+        (k, hop, c) for k in ("stats", "dynamics", _extremes) for hop in (None, 4) for c in (None, [2, 5])
+    ]
+    feats = [window_features(P, k, 9, hop, c) for k, hop, c in variants]
+    everything = compute_all(P, L, S, nb, subsets, window=10)
+    _numpy_only(monkeypatch)
+    reference = [fn(P, subsets) for fn in metric_fns] + [frcorr(P, L, nb, subsets)]
+    for got, want in zip(compiled, reference, strict=True):
+        np.testing.assert_allclose(list(got.values()), list(want.values()), rtol=1e-12)
+    ref_feats = [window_features(P, k, 9, hop, c) for k, hop, c in variants]
+    for got, want in zip(feats, ref_feats, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    ref_all = compute_all(P, L, S, nb, subsets, window=10, backend="numpy")
+    for name in subsets:
+        assert list(everything[name]) == list(ref_all[name])  # same metrics, same order
+        np.testing.assert_allclose(
+            list(everything[name].values()), list(ref_all[name].values()), rtol=1e-6
+        )  # FRDist: float32 local costs in the compiled DTW
+    assert everything["odd"]["constant_channels"] == P.shape[1]  # channel 3 of clip 1, every sample
+
+
+def test_window_moments_are_the_window_sums():
+    rng = np.random.default_rng(23)
+    z = rng.normal(size=(2, 3, 40))
+    for max_lag in (0, 5, 38):
+        lags, xa, xb, ya, yb = metrics._lag_windows(40, max_lag)
+        for a, b in ((xa, xb), (ya, yb)):
+            s1, s2 = metrics._window_moments(z, a, b)
+            want1 = np.stack([z[..., i:j].sum(axis=-1) for i, j in zip(a, b, strict=True)], axis=-1)
+            want2 = np.stack([(z[..., i:j] ** 2).sum(axis=-1) for i, j in zip(a, b, strict=True)], axis=-1)
+            np.testing.assert_allclose(s1, want1, atol=1e-12)
+            np.testing.assert_allclose(s2, want2, atol=1e-12)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from reactdiff import metrics
+from reactdiff import metrics, realism
 from reactdiff.realism import (
     CHECKPOINT_FORMAT,
     CORRUPTIONS,
@@ -159,3 +159,16 @@ def test_bad_checkpoints_and_inputs_give_clear_errors(tmp_path, trained):
         encoder.extractor("pose")
     with pytest.raises(ValueError, match="at least 2 x window"):
         train_realism_encoder(np.zeros((4, 20, 6)), TINY, SUBSETS)
+
+
+def test_embeddings_do_not_depend_on_the_batching(trained, monkeypatch):
+    """embed() splits windows into batches of EMBED_BATCH (and threads): each window is embedded alone."""
+    encoder, rng = trained
+    windows = metrics.window_features(_smooth_clips(rng, 6), lambda w: w.reshape(len(w), -1), 16)
+    windows = windows.reshape(len(windows), 16, 6)
+    whole = encoder.embed(windows, "all")
+    monkeypatch.setattr(realism, "EMBED_BATCH", 5)  # 36 windows: 8 batches, the last one partial
+    for workers in (1, 2):
+        encoder.workers = workers
+        np.testing.assert_allclose(encoder.embed(windows, "all"), whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(encoder.embed(windows[7:8], "all"), whole[7:8], rtol=1e-5, atol=1e-6)
