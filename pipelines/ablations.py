@@ -55,6 +55,7 @@ from reactdiff.config import DEFAULT_PARAMS, load_yaml, parse_params
 EXPERIMENT = "reactdiff-ablations"
 REPORT_DIR = Path("reports")
 TARGET_STAGE = "evaluate"
+GIT_TRACKED_DIRS = ("metrics", "plots", "reports")
 GIT_TRACKED_OUTPUTS = (
     "metrics/evaluate.json",
     "metrics/train.json",
@@ -300,6 +301,17 @@ def _plot_curve(curve_csv: str, out: Path, title: str) -> None:
 # -- run -----------------------------------------------------------------------------------------------
 
 
+def workspace_snapshot(params_path: Path) -> dict[Path, bytes]:
+    """What a workspace experiment rewrites and git tracks: params, lock, and the uncached outputs.
+
+    The cached outputs come back with ``dvc checkout`` once ``dvc.lock`` is restored; the metrics,
+    plots and reports that DVC leaves to git (``cache: false``) are restored from this snapshot.
+    """
+    tracked = _git("ls-files", "--", *GIT_TRACKED_DIRS).splitlines()
+    paths = [params_path, Path("dvc.lock"), *(Path(p) for p in tracked)]
+    return {p: p.read_bytes() for p in paths if p.is_file()}
+
+
 def training_order(overrides: Sequence[Mapping[str, Any]]) -> list[int]:
     """Run order of variants: those that share a trained model one after another, first seen first.
 
@@ -342,7 +354,7 @@ def run_tables(
     if not todo:
         return
 
-    saved = {p: p.read_text() for p in (params_path, Path("dvc.lock")) if p.exists()}
+    saved = workspace_snapshot(params_path)
     started = time.perf_counter()
     try:
         pending = [(t, v, parent, name) for t, v, parent, name in todo if experiment_rev(name) is None]
@@ -363,8 +375,8 @@ def run_tables(
             run_id = record_variant(client, experiment_id, parent, table, variant, campaign, name, rev)
             print(f"[ablations] {name}: MLflow run {run_id}", flush=True)
     finally:
-        for path, text in saved.items():  # the workspace goes back to where the batch started
-            path.write_text(text)
+        for path, content in saved.items():  # the workspace goes back to where the batch started
+            path.write_bytes(content)
         if jobs <= 1:
             _dvc("checkout", "--quiet", check=False)
     print(f"[ablations] campaign {campaign}: {len(todo)} variant(s) in {time.perf_counter() - started:.0f} s")

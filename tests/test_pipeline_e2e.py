@@ -155,9 +155,11 @@ def test_ablation_table_runs_as_experiments_and_reports_from_mlflow(project):
         env,
     )
     params_before = (dest / "params.yaml").read_text()
+    metrics_before = (dest / "metrics" / "evaluate.json").read_text()
     log = _run([sys.executable, "-m", "pipelines.ablations", "run", "--tables", "table5"], dest, env)
     assert "Running stage 'train'" not in log  # sampling-only variants reuse the model
     assert (dest / "params.yaml").read_text() == params_before  # the workspace is restored
+    assert (dest / "metrics" / "evaluate.json").read_text() == metrics_before
     shown = _run([*dvc, "exp", "show", "--csv"], dest, env)
     assert "table5-ode" in shown and "table5-sde" in shown
 
