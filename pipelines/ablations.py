@@ -189,7 +189,7 @@ def table_parent(
         "mlflow.note.content": f"{table.title}: one child run per variant (campaign {campaign}).",
     }
     run = client.create_run(experiment_id, run_name=f"{campaign}/{table.name}", tags=tags)
-    client.log_batch(run.info.run_id, params=_params_batch({"campaign": campaign, **dict(base)}))
+    tracking.log_params({"campaign": campaign, **dict(base)}, run_id=run.info.run_id)
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
@@ -202,12 +202,6 @@ def finished_variants(client, experiment_id: str, parent: str) -> set[str]:
     return {r.data.tags.get("reactdiff.variant", "") for r in runs}
 
 
-def _params_batch(flat: Mapping[str, Any]):
-    from mlflow.entities import Param
-
-    return [Param(k, str(v)[:6000]) for k, v in flat.items()]
-
-
 def _metric_batch(values: Mapping[str, float], step: int = 0, timestamp: int | None = None):
     from mlflow.entities import Metric
 
@@ -215,12 +209,9 @@ def _metric_batch(values: Mapping[str, float], step: int = 0, timestamp: int | N
     return [Metric(k, float(v), ts, step) for k, v in values.items() if v is not None and v == v]
 
 
-def _log_batches(client, run_id: str, metrics=(), params=()) -> None:
-    metrics, params = list(metrics), list(params)
-    for i in range(0, max(len(metrics), 1), 1000):
+def _log_metrics(client, run_id: str, metrics: list) -> None:
+    for i in range(0, len(metrics), 1000):  # MLflow caps a batch at 1000 metrics
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
-    for i in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[i : i + 100])
 
 
 def record_variant(
@@ -264,7 +255,8 @@ def record_variant(
                 f"train.curve.{k}": float(v) for k, v in row.items() if k != "step" and v not in ("", None)
             }
             batch += _metric_batch(values, step=step, timestamp=now)
-    _log_batches(client, run_id, metrics=batch, params=_params_batch(params))
+    _log_metrics(client, run_id, batch)
+    tracking.log_params(params, run_id=run_id)
     with tempfile.TemporaryDirectory() as tmp:
         for path in ("plots/train_loss.csv", "reports/evaluate.md"):
             if files[path] is not None:

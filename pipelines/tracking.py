@@ -83,13 +83,20 @@ def start_run(
     return mlflow.start_run(run_name=name, tags=tags)
 
 
-def log_params(params: Mapping[str, Any]) -> None:
+def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
+    """Log ``params`` flattened, to the active run or to ``run_id`` (a run not started in this process)."""
     import mlflow
 
-    flat = flatten(params)
-    items = list(flat.items())
+    items = list(flatten(params).items())
+    client = mlflow.MlflowClient(tracking_uri()) if run_id is not None else None
     for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-        mlflow.log_params(dict(items[start : start + 100]))
+        chunk = dict(items[start : start + 100])
+        if client is None:
+            mlflow.log_params(chunk)
+        else:
+            from mlflow.entities import Param
+
+            client.log_batch(run_id, params=[Param(k, str(v)) for k, v in chunk.items()])
 
 
 def write_run_file(run_id: str, path: Path = RUN_FILE, **extra: Any) -> None:

@@ -162,10 +162,9 @@ class OnlineReactionGenerator:
         # Blendshape weights 0 and 1 in model space: normalisation is increasing, so clamping there is
         # clamping in FaceVerse units.
         expression = slice(0, layout.N_EXPRESSION)
-        self._expression_low = torch.from_numpy(stats.normalise_face(np.zeros(layout.N_COEFFS))[expression])
-        self._expression_high = torch.from_numpy(stats.normalise_face(np.ones(layout.N_COEFFS))[expression])
-        self._expression_low = self._expression_low.to(self.device)
-        self._expression_high = self._expression_high.to(self.device)
+        low, high = stats.normalise_face(np.stack([np.zeros(layout.N_COEFFS), np.ones(layout.N_COEFFS)]))
+        self._expression_low = torch.from_numpy(low[expression]).to(self.device)
+        self._expression_high = torch.from_numpy(high[expression]).to(self.device)
         self._hop = layout.MODEL_SAMPLE_RATE // layout.FPS
         if encoder is not None:
             if encoder.sample_rate % layout.FPS:
