@@ -3,7 +3,8 @@
 Scores with the learned realism feature of the ``realism_encoder`` stage (``FD_learned``). Writes
 ``metrics/evaluate.json`` (DVC metrics: the model's scores per coefficient subset, shown by
 ``dvc metrics show`` and ``dvc exp show``), ``reports/evaluate.csv`` and ``reports/evaluate.md`` (model
-and every baseline, per subset) and logs the metrics to the sampling run in MLflow.
+and every baseline, per subset; rows: the model, then the baselines in
+:data:`reactdiff.evaluation.BASELINE_ORDER`) and logs the metrics to the sampling run in MLflow.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from pipelines import tracking
 from pipelines.flows import StageTimer, worker_count
 from reactdiff import io
 from reactdiff.config import load_params
-from reactdiff.evaluation import generated_reactions, load_split, markdown_table, results_table, score
+from reactdiff.evaluation import (
+    generated_reactions,
+    load_split,
+    markdown_table,
+    ordered_baselines,
+    results_table,
+    score,
+)
 from reactdiff.realism import load_encoder
 
 FEATURES = Path("features")
@@ -38,7 +46,7 @@ def main() -> None:
     model = score(P, split, seed=params.seed, workers=min(2, worker_count(0)), realism_encoder=encoder)
     io.write_json(model, METRICS)
 
-    results = {MODEL_ROW: model, **json.loads(BASELINES.read_text())}
+    results = {MODEL_ROW: model, **ordered_baselines(json.loads(BASELINES.read_text()))}
     table = results_table(results)
     io.write_text(table.to_csv(index=False), REPORT / "evaluate.csv")
     markdown = "".join(

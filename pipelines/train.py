@@ -45,6 +45,7 @@ def train_config(params: Params) -> TrainConfig:
             "use_speaker_face": params.model.use_speaker_face,
             "use_speaker_audio": params.model.use_speaker_audio,
         },
+        preconditioning=t.preconditioning,
         steps=t.steps,
         batch_size=t.batch_size,
         lr=t.lr,

@@ -12,6 +12,10 @@ by :mod:`reactdiff.metrics` exactly like a model:
 - **NN motion / NN audio** (:func:`nearest_neighbour`): for each segment of the speaker's face
   coefficients (motion) or audio features (audio), the listener segment of the train dyad whose speaker
   segment is nearest in Euclidean distance; deterministic, so ``M`` copies (FRDiv 0, as in the paper).
+- **Appropriate real** (:func:`appropriate_real`, not in the paper): ``M`` real reactions drawn from the
+  clip's appropriate set ``A(k)``, distinct while ``|A(k)| >= M``. A reference for diversity: its FRDiv
+  is how different the real appropriate reactions to one speaker are from each other, the level a
+  model's FRDiv should reach (GT and the NN baselines score 0, Random's FRDiv is noise, not variety).
 
 ``repeat_samples`` returns a read-only broadcast view: ``M`` copies cost no memory (2.8 GB of float32 at
 the REACT2024 test scale otherwise); copy it before writing into it.
@@ -30,6 +34,8 @@ __all__ = [
     "train_statistics",
     "random_gaussian",
     "nearest_neighbour",
+    "appropriate_indices",
+    "appropriate_real",
 ]
 
 DEFAULT_SAMPLES = 10  # reactions per speaker clip in the REACT protocol
@@ -162,3 +168,96 @@ def nearest_neighbour(
             src_clip, src_start = entry_clip[best_e], entry_start[best_e]
             out[qn[:, None], qs[:, None] + frames] = values[src_clip[:, None], src_start[:, None] + frames]
     return out
+
+
+def appropriate_indices(neighbours: np.ndarray, samples: int = DEFAULT_SAMPLES, seed: int = 0) -> np.ndarray:
+    """Which real reactions the Appropriate real baseline takes: int ``[N, samples]`` indices into ``L``.
+
+    ``neighbours`` bool ``[N, K]``, ``A(k) = flatnonzero(neighbours[k])``: the same appropriate sets as
+    FRCorr and FRDist in :mod:`reactdiff.metrics`, so the clip's own listener reaction is a candidate
+    exactly when the matrix marks it (the REACT protocol counts a clip's own reaction as appropriate, and
+    the sample corpus sets the diagonal), drawn with the same chance as every other member, neither forced
+    in nor left out: the row shows the variety of ``A(k)`` as the metrics define it.
+
+    Per clip, in clip order from one ``numpy.random.default_rng(seed)``: random permutations of ``A(k)``
+    laid end to end, the first ``samples`` entries kept. With ``|A(k)| >= samples`` that is ``samples``
+    distinct members, uniformly without replacement. With ``n = |A(k)| < samples = q n + r`` every member
+    appears ``q`` times and ``r`` distinct members (the start of one more permutation) once more: repeats
+    only where the set is too small, spread as evenly as possible, so FRDiv is not lowered more than the
+    set forces (two copies of one reaction are a pair at difference 0: on the sample corpus, ``|A(k)| = 4``
+    and ``M = 10`` give counts 3, 3, 2, 2, so 16 of the 90 ordered pairs). A clip with an empty ``A(k)``
+    has no real reference: ``ValueError`` naming the clips (the metrics leave such clips out of FRCorr and
+    FRDist, but FRDiv would need a made-up reaction).
+    """
+    nb = np.asarray(neighbours)
+    if nb.ndim != 2:
+        raise ValueError(f"neighbours must be [clips, real reactions], got shape {nb.shape}")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    sets = [np.flatnonzero(row) for row in nb]
+    empty = [k for k, members in enumerate(sets) if members.size == 0]
+    if empty:
+        raise ValueError(
+            f"{len(empty)} of {len(sets)} clips have no appropriate real reaction (empty A(k)), e.g. clips "
+            f"{empty[:10]}: the Appropriate real baseline needs at least one per clip; check the neighbour "
+            "matrix (its diagonal marks each clip's own reaction) or drop those clips"
+        )
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(sets), samples), np.int64)
+    for k, members in enumerate(sets):
+        rounds = -(-samples // members.size)  # ceil
+        out[k] = np.concatenate([rng.permutation(members) for _ in range(rounds)])[:samples]
+    return out
+
+
+def appropriate_real(
+    listener: np.ndarray | Sequence[np.ndarray],
+    neighbours: np.ndarray,
+    samples: int = DEFAULT_SAMPLES,
+    seed: int = 0,
+    frames: int | None = None,
+) -> np.ndarray:
+    """Appropriate real baseline: ``samples`` real reactions of each clip's ``A(k)``, ``[N, samples, T, D]``.
+
+    ``listener``: the split's real reactions ``L``, ``[K, T', D]`` or ``K`` arrays ``[T_j, D]`` of any
+    lengths; ``neighbours`` bool ``[N, K]``. The draws are :func:`appropriate_indices` (same seed, same
+    array). Each reaction is fitted to ``T = frames`` (default: the shortest reaction, as
+    :func:`reactdiff.evaluation.load_split` cuts a split): longer ones are cropped, shorter ones hold their
+    last frame (as the NN baselines are padded). Every sample is a member of ``A(k)``, so scored against the
+    same ``L`` FRCorr is ``M`` and FRDist 0 by construction; the row is there for FRDiv (and FRVar, FRSyn,
+    realism) of real variety.
+    A new array (not a view): ``N * M`` reactions are gathered.
+    """
+    if isinstance(listener, np.ndarray):
+        if listener.ndim != 3:
+            raise ValueError(f"expected listener reactions [K, frames, dims], got shape {listener.shape}")
+        pool: np.ndarray | list[np.ndarray] = listener
+    else:
+        pool = [np.asarray(x) for x in listener]
+        shapes = [x.shape for x in pool]
+        if not pool or any(len(s) != 2 or s[0] < 1 or s[1] != shapes[0][1] for s in shapes):
+            raise ValueError(f"expected K >= 1 reactions [frames >= 1, dims] of one dims, got {shapes}")
+    nb = np.asarray(neighbours)
+    if nb.ndim != 2 or nb.shape[1] != len(pool):
+        raise ValueError(f"neighbours {nb.shape} must be [clips, {len(pool)}]: one column per real reaction")
+    if frames is None:
+        frames = pool.shape[1] if isinstance(pool, np.ndarray) else min(len(x) for x in pool)
+    frames = int(frames)
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    idx = appropriate_indices(nb, samples, seed)
+    if isinstance(pool, np.ndarray) and pool.shape[1] >= frames:
+        return pool[:, :frames][idx]
+    used = np.unique(idx)  # fit only the reactions drawn
+    if used.size == 0:  # no clip
+        like = pool if isinstance(pool, np.ndarray) else pool[0]
+        return np.empty((*idx.shape, frames, like.shape[-1]), like.dtype)
+    fitted = np.stack([_fit_frames(np.asarray(pool[j]), frames) for j in used])
+    return fitted[np.searchsorted(used, idx)]
+
+
+def _fit_frames(x: np.ndarray, frames: int) -> np.ndarray:
+    """``[T, D]`` -> ``[frames, D]``: cropped, or its last frame held."""
+    if len(x) >= frames:
+        return x[:frames]
+    return np.concatenate([x, np.repeat(x[-1:], frames - len(x), axis=0)])

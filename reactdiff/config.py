@@ -98,6 +98,9 @@ class TrainParams(_Section):
     """Facial behavioural kinematics prior (Table 4)."""
     use_fac: bool = True
     """Facial action constraint prior (Table 4); its weight is the top-level ``lambda``."""
+    preconditioning: Literal["wiener", "edm"] = "wiener"
+    """``wiener``: the denoiser corrects the Wiener filter of the train listener windows
+    (reactdiff/prior.py); ``edm``: EDM's scalar preconditioning, kept to show why it was replaced."""
     fbk_last_steps: int = Field(default=5, ge=1)
     fbk_schedule_steps: int = Field(default=50, ge=1)
     """The sampling schedule whose last ``fbk_last_steps`` noise levels gate the FBK prior. Kept apart

@@ -24,6 +24,7 @@ FD_WINDOW = 50  # frames per realism window (2 s), for every FD of a table
 METRIC_ORDER = (
     "FRCorr", "FRDist", "FRDiv", "FRDvs", "FRVar", "FRSyn", "FD_stats", "FD_dynamics", "FD_learned", "Jitter",
 )  # fmt: skip
+BASELINE_ORDER = ("GT", "Mirror", "Random", "NN motion", "NN audio", "Appropriate real")  # table rows
 HIGHER_IS_BETTER = {
     "FRCorr": True,
     "FRDist": False,
@@ -95,13 +96,21 @@ def generated_reactions(samples_path: Path, split: SplitArrays) -> np.ndarray:
 def baseline_reactions(
     test: SplitArrays, train: SplitArrays, samples: int, seed: int, segment: int = 16
 ) -> dict[str, np.ndarray]:
-    """The paper's Table 1 baselines, ``{name: P [N, M, T, 58]}``.
+    """The paper's Table 1 baselines and the Appropriate real reference, ``{name: P [N, M, T, 58]}``.
 
     GT and Mirror repeat one sequence ``M`` times (FRDiv 0 by construction, as in the paper); Random
     draws ``M`` independent Gaussian sequences with the train listener statistics; the nearest-neighbour
     baselines return, per ``segment`` frames, the train listener segment whose speaker segment (face
-    coefficients, or audio features) is nearest.
+    coefficients, or audio features) is nearest. Appropriate real (not in the paper) draws ``M`` of the
+    test split's real reactions in each clip's ``A(k)`` (``test.neighbours``, the sets the metrics use),
+    distinct while ``|A(k)| >= M``: the FRDiv of real variety, which a model's FRDiv should reach.
+    Names in :data:`BASELINE_ORDER`.
     """
+    if test.neighbours is None:
+        raise ValueError(
+            "the test split has no neighbour matrix (neighbour_emotion_<split>.npy in the corpus), so no "
+            "appropriate reactions to draw the Appropriate real baseline from"
+        )
     mean, std = baselines.train_statistics(train.listener.reshape(-1, layout.N_COEFFS))
     shape = (len(test.examples), samples, test.frames, layout.N_COEFFS)
     t = min(test.frames, train.frames)
@@ -118,6 +127,7 @@ def baseline_reactions(
         "Random": baselines.random_gaussian(mean, std, shape, seed=seed),
         "NN motion": baselines.repeat_samples(_pad_frames(nn_motion, test.frames), samples),
         "NN audio": baselines.repeat_samples(_pad_frames(nn_audio, test.frames), samples),
+        "Appropriate real": baselines.appropriate_real(test.listener, test.neighbours, samples, seed=seed),
     }
 
 
@@ -159,6 +169,16 @@ def score(
         P, split.listener, split.speaker, split.neighbours, workers=workers, seed=seed,
         feature_kinds=kinds, window=window,
     )  # fmt: skip
+
+
+def ordered_baselines(results: dict[str, dict]) -> dict[str, dict]:
+    """Baseline results (``metrics/baselines.json`` is written with sorted keys) in table order.
+
+    The names of :data:`BASELINE_ORDER` first, in that order (the paper's Table 1 rows, then Appropriate
+    real), then any other name alphabetically.
+    """
+    known = [name for name in BASELINE_ORDER if name in results]
+    return {name: results[name] for name in known + sorted(set(results) - set(known))}
 
 
 def results_table(results: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:

@@ -4,8 +4,10 @@ Contract. :class:`Denoiser` is the one object samplers and losses use::
 
     denoiser(x [batch, w, 58], sigma [batch], cond: Conditions) -> x0 estimate [batch, w, 58]
 
-It owns the EDM preconditioning (Karras et al. 2022, ``sigma_data = 0.5``) around the raw network
-:class:`ReactionUNet`, whose output ``F`` is never used directly by anything else.
+It owns the preconditioning around the raw network :class:`ReactionUNet`, whose output ``F`` is never
+used directly by anything else: EDM's (Karras et al. 2022) with the scalar ``c_skip`` and ``c_out``
+replaced by the Wiener filter of the train listener windows and the factor of its error covariance
+(:mod:`reactdiff.prior`), so that the network corrects a linear denoiser instead of being one.
 
 Network (``ReactionUNet``), following appendix A.1:
 
@@ -53,6 +55,7 @@ from torch import Tensor, nn
 
 from reactdiff.layout import N_COEFFS
 from reactdiff.noise import SIGMA_DATA
+from reactdiff.prior import WindowPrior
 
 __all__ = [
     "Conditions",
@@ -609,36 +612,53 @@ class ReactionUNet(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# EDM denoiser
+# Preconditioned denoiser
 # --------------------------------------------------------------------------------------------------
 
 
 class Denoiser(nn.Module):
-    """EDM-preconditioned denoiser ``D(x, sigma, cond) = c_skip x + c_out F(c_in x, c_noise, cond)``.
+    """Preconditioned denoiser ``D(x, sigma, cond) = skip(x, sigma) + L(sigma) F(c_in x, c_noise, cond)``.
 
-    With ``s = sigma_data``: ``c_skip = s^2 / (sigma^2 + s^2)``, ``c_out = sigma s / sqrt(sigma^2 + s^2)``,
-    ``c_in = 1 / sqrt(sigma^2 + s^2)``, ``c_noise = log(sigma) / 4`` (Karras et al. 2022, Table 1).
+    ``skip`` and ``L`` come from a :class:`reactdiff.prior.WindowPrior` of the listener windows: the
+    Wiener filter of the windows and the Cholesky factor of its error covariance, so the network only
+    corrects the linear filter, in the directions and by the amounts where the filter can be wrong (the
+    prior's docstring has the why). Without a fitted prior the prior is isotropic with variance
+    ``sigma_data^2`` and ``D`` is exactly EDM's ``c_skip x + c_out F`` (Karras et al. 2022, Table 1).
+    ``c_in = 1 / sqrt(sigma^2 + v)`` with ``v`` the prior's mean variance, ``c_noise = log(sigma) / 4``.
     """
 
-    def __init__(self, network: ReactionUNet, sigma_data: float = SIGMA_DATA) -> None:
+    def __init__(
+        self, network: ReactionUNet, sigma_data: float = SIGMA_DATA, prior: WindowPrior | None = None
+    ) -> None:
         super().__init__()
         self.network = network
         self.sigma_data = float(sigma_data)
+        cfg = network.config
+        if prior is None:
+            prior = WindowPrior.isotropic(cfg.frames, cfg.coeff_dim, self.sigma_data)
+        if (prior.frames, prior.dims) != (cfg.frames, cfg.coeff_dim):
+            raise ValueError(
+                f"the prior models [{prior.frames}, {prior.dims}] windows, the network "
+                f"[{cfg.frames}, {cfg.coeff_dim}]"
+            )
+        self.prior = prior
 
     @property
     def config(self) -> NetworkConfig:
         return self.network.config
 
     def precondition(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(c_skip, c_out, c_in, c_noise)``, each shaped like ``sigma``."""
+        """EDM's scalar ``(c_skip, c_out, c_in, c_noise)`` for ``sigma_data``, each shaped like ``sigma``.
+
+        These are what the isotropic prior applies; a fitted prior replaces ``c_skip`` and ``c_out`` by
+        matrices (:meth:`forward`).
+        """
         sd2 = self.sigma_data**2
         total = sigma**2 + sd2
         c_skip = sd2 / total
         c_out = sigma * self.sigma_data * torch.rsqrt(total)
         c_in = torch.rsqrt(total)
-        # sigma = 0 (the end of a sampling schedule) has c_out = 0 and D = x; clamping keeps F finite
-        # there so that 0 * F does not become NaN.
-        c_noise = torch.log(sigma.clamp_min(1e-20)) / 4
+        c_noise = _noise_conditioning(sigma)
         return c_skip, c_out, c_in, c_noise
 
     def forward(self, x: Tensor, sigma: Tensor | float, cond: Conditions) -> Tensor:
@@ -649,14 +669,27 @@ class Denoiser(nn.Module):
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
         if sigma.numel() == 1:
             sigma = sigma.expand(x.shape[0])
-        c_skip, c_out, c_in, c_noise = (c[:, None, None] for c in self.precondition(sigma))
-        out = self.network(x * c_in, c_noise.reshape(-1), cond)
-        return c_skip * x + c_out * out.to(x.dtype)
+        c_in = torch.rsqrt(sigma**2 + self.prior.variance)[:, None, None]
+        out = self.network(x * c_in, _noise_conditioning(sigma), cond).to(x.dtype)
+        past = None if cond is None else cond.past
+        return self.prior.skip(x, sigma, past) + self.prior.scale_output(out, sigma)
 
 
-def build_denoiser(preset: str, audio_dim: int, **overrides: Any) -> Denoiser:
-    """A fresh :class:`Denoiser` around a :class:`ReactionUNet` of the named preset."""
-    return Denoiser(ReactionUNet(network_config(preset, audio_dim=audio_dim, **overrides)))
+def _noise_conditioning(sigma: Tensor) -> Tensor:
+    # sigma = 0 (the end of a sampling schedule) has a zero output scale and D = x; clamping keeps F
+    # finite there so that 0 * F does not become NaN.
+    return torch.log(sigma.clamp_min(1e-20)) / 4
+
+
+def build_denoiser(
+    preset: str, audio_dim: int, prior: WindowPrior | None = None, **overrides: Any
+) -> Denoiser:
+    """A fresh :class:`Denoiser` around a :class:`ReactionUNet` of the named preset.
+
+    ``prior``: the :class:`reactdiff.prior.WindowPrior` fitted to the train windows (``None``: EDM's
+    isotropic preconditioning).
+    """
+    return Denoiser(ReactionUNet(network_config(preset, audio_dim=audio_dim, **overrides)), prior=prior)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1607,3 +1607,33 @@ def plot_metric_bars(
     if title:
         fig.suptitle(title)
     _save_figure(fig, path)
+
+
+def plot_denoising_curve(path: Path, curve: Sequence[Mapping[str, float]], title: str | None = None) -> None:
+    """PNG of a denoising curve (:func:`reactdiff.denoising.denoising_curve`): mean squared error against
+    the noise level, log-log, one line per estimate (noisy input, linear denoiser, model), and the model's
+    error relative to the linear denoiser's below it.
+    """
+    from matplotlib.figure import Figure
+
+    if not curve:
+        raise ValueError("plot_denoising_curve needs at least one noise level")
+    sigma = np.array([row["sigma"] for row in curve])
+    fig = Figure(figsize=(7, 6), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+    styles = {"noisy": ("noisy input", "0.6", "--"), "linear": ("linear denoiser", "tab:blue", "-")}
+    styles["model"] = ("model", "tab:red", "-")
+    for key, (label, colour, line) in styles.items():
+        top.loglog(sigma, [row[key] for row in curve], line, color=colour, marker="o", ms=4, label=label)
+    top.set_ylabel("mean squared error")
+    top.legend(fontsize=8)
+    top.grid(alpha=0.3, which="both")
+    ratio = np.array([row["model"] / row["linear"] for row in curve])
+    bottom.semilogx(sigma, ratio, color="tab:red", marker="o", ms=4)
+    bottom.axhline(1.0, color="tab:blue", lw=1)
+    bottom.set_ylabel("model / linear")
+    bottom.set_xlabel("noise level sigma")
+    bottom.grid(alpha=0.3, which="both")
+    if title:
+        fig.suptitle(title)
+    _save_figure(fig, path)

@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 
 from reactdiff.baselines import (
+    appropriate_indices,
+    appropriate_real,
     gt,
     mirror,
     nearest_neighbour,
@@ -102,3 +104,119 @@ def test_nearest_neighbour_validates_shapes():
         nearest_neighbour(np.zeros((1, 10, 3)), keys, np.zeros((2, 9, 5)), 5)
     with pytest.raises(ValueError):
         nearest_neighbour(np.zeros((1, 10, 3)), keys, np.zeros((2, 10, 5)), 11)
+
+
+def _members(P_k: np.ndarray, L: np.ndarray) -> list[int]:
+    """The index into ``L`` of each reaction of ``P_k`` ``[M, T, D]`` (exactly equal), -1 when none."""
+    return [next((j for j in range(len(L)) if np.array_equal(x, L[j])), -1) for x in P_k]
+
+
+def test_appropriate_real_draws_members_of_a_k_distinct_when_it_can_and_evenly_when_it_cannot():
+    rng = np.random.default_rng(4)
+    L = rng.normal(size=(6, 12, 3)).astype(np.float32)  # six distinguishable real reactions
+    nb = np.zeros((4, 6), bool)
+    nb[0, [0, 1, 2, 4]] = True  # |A| = 4 >= M = 3: three distinct members
+    nb[1, [3]] = True  # |A| = 1: the one member three times
+    nb[2, [1, 4]] = True  # |A| = 2 = 1 * 2 + 1: both members, one of them twice
+    nb[3, [0, 2, 3, 5]] = True
+    for seed in range(20):
+        P = appropriate_real(L, nb, samples=3, seed=seed)
+        assert P.shape == (4, 3, 12, 3) and P.dtype == np.float32
+        idx = appropriate_indices(nb, samples=3, seed=seed)
+        drawn = [_members(P[k], L) for k in range(4)]
+        assert drawn == idx.tolist()  # each sample is exactly the real reaction it names
+        for k in range(4):
+            assert set(drawn[k]) <= set(np.flatnonzero(nb[k]).tolist())
+        assert len(set(drawn[0])) == 3 and len(set(drawn[3])) == 3
+        assert drawn[1] == [3, 3, 3]
+        assert sorted(np.bincount(drawn[2], minlength=5)[[1, 4]].tolist()) == [1, 2]
+    # M = 7 from |A| = 3 (7 = 2 * 3 + 1): every member twice, one of them a third time
+    three = np.array([[True, True, False, False, True, False]])
+    for seed in range(10):
+        counts = np.bincount(appropriate_indices(three, 7, seed=seed)[0], minlength=6)
+        assert sorted(counts[[0, 1, 4]].tolist()) == [2, 2, 3] and counts.sum() == 7
+    # |A| = M: a permutation of A(k)
+    assert sorted(appropriate_indices(nb[[0]], 4, seed=5)[0].tolist()) == [0, 1, 2, 4]
+
+
+def test_appropriate_real_follows_a_k_for_the_clips_own_reaction():
+    # A(k) as the metrics read it: the own reaction (column k) is drawn when the matrix marks it, like
+    # any other member, and never when it does not.
+    own_in = np.array([[True, True, True], [True, True, False]])
+    own_out = np.array([[False, True, True], [True, False, False]])
+    first_in = {int(appropriate_indices(own_in, 1, seed=s)[0, 0]) for s in range(40)}
+    assert first_in == {0, 1, 2}
+    draws_out = np.concatenate([appropriate_indices(own_out, 2, seed=s) for s in range(40)])
+    assert set(draws_out[0::2].ravel().tolist()) == {1, 2} and set(draws_out[1::2].ravel().tolist()) == {0}
+
+
+def test_appropriate_real_is_seeded():
+    rng = np.random.default_rng(5)
+    L = rng.normal(size=(20, 8, 2))
+    nb = np.ones((10, 20), bool)
+    a = appropriate_real(L, nb, samples=5, seed=11)
+    np.testing.assert_array_equal(a, appropriate_real(L, nb, samples=5, seed=11))
+    assert not np.array_equal(appropriate_indices(nb, 5, seed=11), appropriate_indices(nb, 5, seed=12))
+    assert not np.array_equal(a, appropriate_real(L, nb, samples=5, seed=12))
+
+
+def test_appropriate_real_fits_reactions_of_other_lengths():
+    # reactions of 5, 3 and 4 frames: the default length is the shortest (crop), a longer one holds the
+    # last frame of the short reactions
+    L = [np.arange(5.0)[:, None] + 10 * j for j in range(3)]
+    L[1] = np.array([[7.0], [8.0], [9.0]])
+    nb = np.array([[True, False, False], [False, True, False], [False, False, True]])
+    P = appropriate_real(L, nb, samples=2, seed=0)
+    assert P.shape == (3, 2, 3, 1)
+    np.testing.assert_array_equal(P[1, 1, :, 0], [7.0, 8.0, 9.0])
+    np.testing.assert_array_equal(P[2, 0, :, 0], [20.0, 21.0, 22.0])
+    P = appropriate_real(L, nb, samples=2, seed=0, frames=6)
+    np.testing.assert_array_equal(P[1, 0, :, 0], [7.0, 8.0, 9.0, 9.0, 9.0, 9.0])
+    np.testing.assert_array_equal(P[0, 1, :, 0], [0.0, 1.0, 2.0, 3.0, 4.0, 4.0])
+    # an array pool is cropped and held the same way
+    arr = np.stack([x[:3] for x in L])
+    np.testing.assert_array_equal(
+        appropriate_real(arr, nb, 2, seed=0, frames=2), arr[[[0, 0], [1, 1], [2, 2]], :2]
+    )
+    np.testing.assert_array_equal(appropriate_real(arr, nb, 2, seed=0, frames=4)[1, 0, :, 0], [7, 8, 9, 9])
+
+
+def test_appropriate_real_rejects_an_empty_a_k_and_bad_shapes():
+    L = np.zeros((3, 4, 2))
+    nb = np.array([[True, False, True], [False, False, False], [False, True, False]])
+    with pytest.raises(ValueError, match=r"1 of 3 clips .*empty A\(k\).*\[1\]"):
+        appropriate_real(L, nb, samples=2)
+    with pytest.raises(ValueError, match="one column per real reaction"):
+        appropriate_real(L, np.ones((3, 2), bool))
+    with pytest.raises(ValueError):
+        appropriate_real(L, np.ones((3, 3), bool), samples=0)
+    with pytest.raises(ValueError):
+        appropriate_real([np.zeros((4, 2)), np.zeros((4, 3))], np.ones((1, 2), bool))
+
+
+def test_appropriate_real_frdiv_is_the_spread_of_the_real_set():
+    # Constant reactions a = 1, b = 3, c = 10 (every frame and dim). Clip 0: A = {a, b}, M = 2, so both are
+    # drawn once and every frame and dim gives 2 * var_ddof1(1, 3) = (1 - 3)^2 = 4; clip 1: A = {c}, two
+    # copies, 0. FRDiv = (4 + 0) / 2 = 2.
+    T, D = 6, 4
+    L = np.stack([np.full((T, D), v) for v in (1.0, 3.0, 10.0)])
+    nb = np.array([[True, True, False], [False, False, True]])
+    cols = {"x": range(D)}
+    P = appropriate_real(L, nb, samples=2, seed=0)
+    assert frdiv(P, cols)["x"] == pytest.approx(2.0)
+    # Three members 0, 1, 5 and M = 3: each once; mean over ordered pairs of the squared differences is
+    # (1 + 25 + 16) * 2 / 6 = 14 (= 2 * var_ddof1: mean 2, (4 + 1 + 9) / 2 = 7).
+    L = np.stack([np.full((T, D), v) for v in (0.0, 1.0, 5.0)])
+    assert frdiv(appropriate_real(L, np.ones((1, 3), bool), samples=3, seed=1), cols)["x"] == pytest.approx(
+        14.0
+    )
+
+
+def test_appropriate_real_scores_m_on_frcorr():
+    # every sample is a member of A(k), so its best CCC is 1 (itself): FRCorr = M
+    rng = np.random.default_rng(6)
+    L = np.cumsum(rng.normal(size=(5, 80, 6)), axis=1)
+    nb = np.eye(5, dtype=bool) | np.eye(5, k=1, dtype=bool) | np.eye(5, k=-3, dtype=bool)
+    P = appropriate_real(L, nb, samples=4, seed=0)
+    assert frcorr(P, L, nb, {"x": range(6)})["x"] == pytest.approx(4.0)
+    assert frdiv(P, {"x": range(6)})["x"] > 0

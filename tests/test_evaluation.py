@@ -7,10 +7,12 @@ from pipelines.sample import reactions_table
 from reactdiff import io
 from reactdiff.corpus import Example, SplitIndex
 from reactdiff.evaluation import (
+    BASELINE_ORDER,
     baseline_reactions,
     generated_reactions,
     load_split,
     markdown_table,
+    ordered_baselines,
     results_table,
     score,
 )
@@ -86,6 +88,29 @@ def test_baselines_have_the_paper_semantics(tmp_path):
     np.testing.assert_array_equal(variants["Mirror"][:, 2], test.speaker)
     assert not np.allclose(variants["Random"][:, 0], variants["Random"][:, 1])
     np.testing.assert_array_equal(variants["NN motion"][:, 0], variants["NN motion"][:, 2])
+    assert list(variants) == list(BASELINE_ORDER)
+    # Appropriate real: A(0) = A(2) = {0, 2}, A(1) = A(3) = {1, 3} (the split's neighbour matrix); M = 3 > 2,
+    # so both members of A(k) are drawn and one of them twice
+    real = variants["Appropriate real"]
+    for k in range(4):
+        drawn = [next(j for j in range(4) if np.array_equal(real[k, i], test.listener[j])) for i in range(3)]
+        assert set(drawn) == set(np.flatnonzero(test.neighbours[k]).tolist()) == {k % 2, k % 2 + 2}
+    again = baseline_reactions(test, train, samples=3, seed=0, segment=8)["Appropriate real"]
+    np.testing.assert_array_equal(again, real)
+
+
+def test_ordered_baselines_puts_the_table_rows_in_order():
+    stored = {name: {"all": {"FRCorr": 1.0}} for name in sorted([*BASELINE_ORDER, "Zeta", "Alpha"])}
+    ordered = ordered_baselines(stored)
+    assert list(ordered) == [*BASELINE_ORDER, "Alpha", "Zeta"]
+    assert list(ordered_baselines({"Random": {}, "Appropriate real": {}, "GT": {}})) == [
+        "GT",
+        "Random",
+        "Appropriate real",
+    ]
+    md = markdown_table(results_table({"ReactDiff": {"all": {"FRCorr": 2.0}}, **ordered}))
+    rows = [line.split(" | ")[0].lstrip("| ") for line in md.splitlines()[2:]]
+    assert rows == ["ReactDiff", *BASELINE_ORDER, "Alpha", "Zeta"]
 
 
 def test_results_table_and_markdown():

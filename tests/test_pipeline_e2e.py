@@ -99,8 +99,10 @@ def test_dvc_repro_runs_every_stage(project):
     assert "FD_learned" in evaluation["all"] and "Jitter" in evaluation["all"]
     assert (dest / "models_realism" / "encoder.pt").stat().st_size > 0
     baselines = json.loads((dest / "metrics" / "baselines.json").read_text())
-    assert set(baselines) == {"GT", "Mirror", "Random", "NN motion", "NN audio"}
-    assert "| ReactDiff |" in (dest / "reports" / "evaluate.md").read_text()
+    assert set(baselines) == {"GT", "Mirror", "Random", "NN motion", "NN audio", "Appropriate real"}
+    assert baselines["Appropriate real"]["all"]["FRDiv"] > 0  # M = 2 of the test clips' appropriate sets
+    report = (dest / "reports" / "evaluate.md").read_text()
+    assert "| ReactDiff |" in report and "| Appropriate real |" in report
     assert len(list((dest / "renders").glob("*.mp4"))) == 2  # one session, both directions
     assert (dest / "plots" / "metrics.png").stat().st_size > 0
     # Every stage after train logged into MLflow: one training run with its sampling run as a child.

@@ -418,5 +418,31 @@ def test_config_validation():
         TrainConfig(model_overrides={"frames": 32})
     with pytest.raises(ValueError, match="amp_dtype"):
         TrainConfig(amp_dtype="fp8")
+    with pytest.raises(ValueError, match="preconditioning must be one of"):
+        TrainConfig(preconditioning="karras")
     cfg = TrainConfig(betas=[0.9, 0.99], loss={"use_fbk": False})
     assert cfg.betas == (0.9, 0.99) and isinstance(cfg.loss, LossConfig) and not cfg.loss.use_fbk
+
+
+def test_trained_denoiser_keeps_the_fitted_prior_and_the_linear_bar(tmp_path, data):
+    """The cause of issue 11, guarded: with EDM's scalar preconditioning the network itself must learn to
+    remove noise from the directions where smooth motion has no variance, and after a short training it
+    loses to the linear (Wiener) filter at low noise by several times; with the fitted window prior the
+    filter is the skip path and the trained model stays at its level."""
+    from reactdiff.denoising import LinearDenoiser, denoising_curve
+
+    linear = LinearDenoiser.fit(data.batch(np.arange(len(data))).listener)
+    ratios = {}
+    for preconditioning in ("wiener", "edm"):
+        cfg = _cfg(preconditioning=preconditioning, steps=60, batch_size=16, lr=3e-3, ema_decay=0.9)
+        path = tmp_path / f"{preconditioning}.pt"
+        train(cfg, data, None, path)
+        model = load_denoiser(path, device="cpu")
+        if preconditioning == "wiener":
+            fitted = training.fit_prior(data)
+            for name, buffer in fitted.state_dict().items():
+                torch.testing.assert_close(model.prior.state_dict()[name], buffer)
+        curve = denoising_curve(model, linear, data, sigmas=(0.05, 0.1), windows=len(data))
+        ratios[preconditioning] = max(row["model"] / row["linear"] for row in curve)
+    assert ratios["wiener"] < 1.5, ratios
+    assert ratios["edm"] > 2 * ratios["wiener"], ratios

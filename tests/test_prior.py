@@ -1,0 +1,117 @@
+"""The Gaussian window prior behind the denoiser's preconditioning, against closed forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from reactdiff.model import build_denoiser
+from reactdiff.prior import WindowPrior
+from tests.test_model import make_cond
+
+W, D = 6, 4
+
+
+def random_prior(seed: int = 0) -> WindowPrior:
+    """A prior with random axes, temporal eigenvectors and variances spanning five decades."""
+    g = torch.Generator().manual_seed(seed)
+    prior = WindowPrior(W, D)
+    prior.mean.copy_(torch.randn(D, generator=g, dtype=torch.float64))
+    prior.basis.copy_(torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))[0])
+    prior.eigvecs.copy_(torch.linalg.qr(torch.randn(D, W, W, generator=g, dtype=torch.float64))[0])
+    prior.eigvals.copy_(10 ** (torch.rand(D, W, generator=g, dtype=torch.float64) * 5 - 4))
+    return prior
+
+
+def full_covariance(prior: WindowPrior) -> torch.Tensor:
+    """The ``[W*D, W*D]`` covariance (frame-major) that the separable prior stands for."""
+    temporal = prior.eigvecs @ torch.diag_embed(prior.eigvals) @ prior.eigvecs.transpose(1, 2)  # [D, W, W]
+    cov = torch.zeros(W, D, W, D, dtype=torch.float64)
+    for axis in range(D):
+        v = prior.basis[:, axis]
+        cov += temporal[axis][:, None, :, None] * (v[:, None] * v[None, :])[None, :, None, :]
+    return cov.reshape(W * D, W * D)
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.3, 7.0])
+def test_skip_is_the_wiener_filter_of_the_full_covariance(sigma: float) -> None:
+    prior = random_prior()
+    cov = full_covariance(prior)
+    x = torch.randn(3, W, D, dtype=torch.float64)
+    centred = (x - prior.mean).reshape(3, -1)
+    expected = (cov @ torch.linalg.solve(cov + sigma**2 * torch.eye(W * D), centred.T)).T
+    torch.testing.assert_close(prior.skip(x, sigma), expected.reshape(3, W, D) + prior.mean)
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.3, 7.0])
+def test_output_factor_is_a_causal_square_root_of_the_wiener_error(sigma: float) -> None:
+    prior = random_prior(1)
+    factor = prior.error_factor(sigma)[0]  # [D, W, W], per axis
+    assert torch.equal(factor, factor.tril()), "L(sigma) must be lower triangular in time"
+    # L F, with F white, has the covariance of the Wiener filter's error: C - C (C + s^2 I)^-1 C.
+    cov = full_covariance(prior)
+    error = cov - cov @ torch.linalg.solve(cov + sigma**2 * torch.eye(W * D), cov)
+    columns = torch.eye(W * D, dtype=torch.float64).reshape(W * D, W, D)
+    mapped = prior.scale_output(columns, sigma).reshape(W * D, W * D).T  # the linear map, as a matrix
+    torch.testing.assert_close(mapped @ mapped.T, error, atol=1e-9, rtol=1e-6)
+
+
+def test_output_frame_t_reads_network_frames_up_to_t_only() -> None:
+    prior = random_prior(2)
+    out = torch.randn(2, W, D, dtype=torch.float64)
+    sigma = torch.tensor([0.05, 2.0])
+    for t in range(W - 1):
+        later = out.clone()
+        later[:, t + 1 :] += 10.0
+        change = (prior.scale_output(later, sigma) - prior.scale_output(out, sigma)).abs()
+        assert change[:, : t + 1].max() == 0.0
+        assert change[:, t + 1 :].max() > 1e-3
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.5, 2.0, 80.0])
+def test_isotropic_prior_is_edm(sigma: float) -> None:
+    prior = WindowPrior.isotropic(W, D, sigma_data=0.5)
+    x = torch.randn(2, W, D, dtype=torch.float64)
+    c_skip = 0.25 / (sigma**2 + 0.25)
+    c_out = sigma * 0.5 / np.sqrt(sigma**2 + 0.25)
+    torch.testing.assert_close(prior.skip(x, sigma), c_skip * x)
+    torch.testing.assert_close(prior.scale_output(x, sigma), c_out * x)
+    assert prior.variance == pytest.approx(0.25)
+
+
+def test_fit_recovers_a_separable_covariance() -> None:
+    truth = random_prior(4)
+    truth.eigvals.copy_(truth.eigvals.clamp_min(1e-2))  # well-determined by the sample below
+    cov = full_covariance(truth)
+    n = 40_000
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(n, W * D, generator=g, dtype=torch.float64)
+    windows = (noise @ torch.linalg.cholesky(cov).T).reshape(n, W, D) + truth.mean
+    fitted = WindowPrior.fit(windows.numpy())
+    torch.testing.assert_close(fitted.mean, truth.mean, atol=0.03, rtol=0)
+    relative = (full_covariance(fitted) - cov).norm() / cov.norm()
+    assert relative < 0.03
+
+
+def test_fit_rejects_bad_windows() -> None:
+    with pytest.raises(ValueError, match=r"\[N >= 2, w, D\]"):
+        WindowPrior.fit(np.zeros((1, W, D)))
+    bad = np.zeros((3, W, D))
+    bad[1, 2, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        WindowPrior.fit(bad)
+
+
+def test_untrained_denoiser_is_the_wiener_filter() -> None:
+    """With the zero-initialised head D = skip(x): training starts from the linear filter."""
+    g = torch.Generator().manual_seed(0)
+    windows = torch.randn(64, 16, 58, generator=g, dtype=torch.float64)
+    prior = WindowPrior.fit(windows.numpy(), past=torch.roll(windows, 1, dims=0).numpy())
+    denoiser = build_denoiser("demo", 12, prior=prior)
+    x = torch.randn(3, 16, 58)
+    sigma = torch.tensor([0.05, 0.5, 5.0])
+    cond = make_cond(3)
+    with torch.no_grad():
+        torch.testing.assert_close(denoiser(x, sigma, cond), prior.skip(x, sigma, cond.past))
+    assert torch.equal(denoiser(x, 0.0, make_cond(3)), x)
