@@ -174,9 +174,10 @@ class WindowPrior(nn.Module):
         levels = self._levels(sigma)
         basis = self.basis.to(x.dtype)
         prediction = self.mean.to(x.dtype) if past is None else self.predict(past)
-        gain = self.eigvals / (self.eigvals + levels[:, None, None] ** 2)  # [1 or B, D, w]
-        operators = torch.einsum("dtk,bdk,dsk->bdts", self.eigvecs, gain, self.eigvecs)
-        estimate = self._temporal(operators, (x - prediction) @ basis) @ basis.T + prediction
+        gain = (self.eigvals / (self.eigvals + levels[:, None, None] ** 2)).to(x.dtype)  # [1 or B, D, w]
+        eigvecs = self.eigvecs.to(x.dtype)
+        coords = torch.einsum("dtk,btd->bdk", eigvecs, (x - prediction) @ basis)
+        estimate = torch.einsum("dtk,bdk->btd", eigvecs, gain * coords) @ basis.T + prediction
         # At sigma = 0 the estimate is x itself, exactly (the rotations above would round it).
         exact = (sigma == 0).to(x.device)[:, None, None]
         return torch.where(exact, x, estimate)

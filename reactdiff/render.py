@@ -1621,7 +1621,7 @@ def plot_denoising_curve(path: Path, curve: Sequence[Mapping[str, float]], title
     sigma = np.array([row["sigma"] for row in curve])
     fig = Figure(figsize=(7, 6), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
-    styles = {"noisy": ("noisy input", "0.6", "--"), "linear": ("linear denoiser", "tab:blue", "-")}
+    styles = {"noisy": ("noisy input", "0.6", "--"), "linear": ("linear (Wiener) denoiser", "tab:blue", "-")}
     styles["model"] = ("model", "tab:red", "-")
     for key, (label, colour, line) in styles.items():
         top.loglog(sigma, [row[key] for row in curve], line, color=colour, marker="o", ms=4, label=label)

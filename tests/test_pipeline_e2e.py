@@ -22,6 +22,7 @@ STAGES = [
     "windows",
     "realism_encoder",
     "train",
+    "denoising",
     "sample",
     "baselines",
     "evaluate",
@@ -88,6 +89,12 @@ def test_dvc_repro_runs_every_stage(project):
     assert frames.num_rows == 8 * 121 // 2  # 4 test clips of 121 rows each
     train = json.loads((dest / "metrics" / "train.json").read_text())
     assert train["steps"] == 30 and train["parameters"] > 0
+    curve = json.loads((dest / "metrics" / "denoiser.json").read_text())
+    assert list(curve) == [f"sigma_{s:g}" for s in (0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)]
+    for name, row in curve.items():
+        assert row["noisy"] == pytest.approx(float(name[6:]) ** 2, rel=0.2)
+        assert 0 < row["linear"] < row["noisy"] and 0 < row["model"] < row["noisy"]
+    assert (dest / "plots" / "denoiser.png").stat().st_size > 0
     samples = pq.read_table(dest / "samples" / "test.parquet")
     assert samples.num_rows == 4 * 2 * 121  # 4 test examples x M=2 x every frame
     coeffs = np.stack(samples.column("coeffs").to_numpy(zero_copy_only=False))
@@ -114,6 +121,7 @@ def test_dvc_repro_runs_every_stage(project):
     assert set(by_stage) == {"train", "sample"}
     assert by_stage["sample"].data.tags["mlflow.parentRunId"] == by_stage["train"].info.run_id
     assert "loss" in by_stage["train"].data.metrics and "all.FRCorr" in by_stage["sample"].data.metrics
+    assert "denoise_model_sigma_0.1" in by_stage["train"].data.metrics
     assert by_stage["train"].data.params["lambda"] == "0.0001"
     # Nothing changed: a second repro runs nothing.
     again = _run([*dvc, "repro"], dest, env)
