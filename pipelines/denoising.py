@@ -41,12 +41,13 @@ def curve_csv(curve: list[dict[str, float]]) -> str:
 def main() -> None:
     timer = StageTimer("denoising")
     params = load_params()
-    train = WindowDataset(WINDOWS / "train", initial_past=params.windows.initial_past)
-    val = WindowDataset(WINDOWS / "val", initial_past=params.windows.initial_past)
-    step = max(len(train) // PRIOR_MAX_WINDOWS, 1)
-    linear = LinearDenoiser.fit(train.batch(list(range(0, len(train), step))).listener)
     device = select_device(params.train.device)
     model = load_denoiser(MODEL, device=device)
+    history = model.config.speaker_history
+    train = WindowDataset(WINDOWS / "train", params.windows.initial_past, speaker_history=history)
+    val = WindowDataset(WINDOWS / "val", params.windows.initial_past, speaker_history=history)
+    step = max(len(train) // PRIOR_MAX_WINDOWS, 1)
+    linear = LinearDenoiser.fit(train.batch(list(range(0, len(train), step))).listener)
     curve = denoising_curve(model, linear, val, seed=params.seed, device=device)
 
     rows = {f"sigma_{row['sigma']:g}": {k: row[k] for k in ("noisy", "linear", "model")} for row in curve}

@@ -44,6 +44,7 @@ def train_config(params: Params) -> TrainConfig:
             "use_frame_index": params.model.use_frame_index,
             "use_speaker_face": params.model.use_speaker_face,
             "use_speaker_audio": params.model.use_speaker_audio,
+            "speaker_history": params.model.speaker_history,
         },
         preconditioning=t.preconditioning,
         steps=t.steps,
@@ -103,8 +104,9 @@ def main() -> None:
     timer = StageTimer("train")
     params = load_params()
     cfg = train_config(params)
-    train_data = WindowDataset(WINDOWS / "train", initial_past=params.windows.initial_past)
-    val_data = WindowDataset(WINDOWS / "val", initial_past=params.windows.initial_past)
+    history = params.model.speaker_history
+    train_data = WindowDataset(WINDOWS / "train", params.windows.initial_past, speaker_history=history)
+    val_data = WindowDataset(WINDOWS / "val", params.windows.initial_past, speaker_history=history)
     windows_id = data_id()
     fingerprint = config_fingerprint(cfg, train_data.audio_dim, windows_id)
     scratch = SCRATCH / f"{fingerprint}.pt"

@@ -99,7 +99,11 @@ def denoising_curve(
         for start in range(0, len(indices), batch_size):
             x0, cond = to_model_inputs(data.batch(indices[start : start + batch_size]), device)
             x = x0 + float(sigma) * torch.randn(x0.shape, generator=gen).to(device)
-            estimates = {"noisy": x, "linear": linear(x.cpu(), sigma).to(device), "model": denoiser(x, sigma, cond)}
+            estimates = {
+                "noisy": x,
+                "linear": linear(x.cpu(), sigma).to(device),
+                "model": denoiser(x, sigma, cond),
+            }
             for name, est in estimates.items():
                 sums[name] += float((est.float() - x0).pow(2).sum())
         count = len(indices) * x0.shape[1] * x0.shape[2]

@@ -35,6 +35,9 @@ leak from the future. The network therefore has two regimes:
   speaker frames ``<= j * 2**l`` (the *start* of its span). Nearest upsampling hands coarse frame ``j``
   to the fine frames of its span, all of which start at or after ``j * 2**l``, and causal convs only look
   back, so the invariant "a frame depends on speaker frames up to its start" survives to the output.
+  With ``speaker_history = H > 0`` the speaker inputs also hold the ``H`` frames before the window
+  (``[batch, H + w, ...]``, window frame ``t`` at position ``H + t``) and the same rule applies to
+  positions: a query sees positions ``<= H + j * 2**l``, never a speaker frame after its own.
   The decoder still sees ``x`` bidirectionally through the encoder's skip connections.
 
 Classifier-free guidance: a row with ``speaker_mask == 0`` (or a model built with both speaker switches
@@ -78,8 +81,9 @@ __all__ = [
 class Conditions:
     """Everything the denoiser conditions on besides ``x`` and ``sigma``; all coefficient tensors normalised.
 
-    - ``speaker_face``: ``[batch, w, 58]`` speaker 3DMM coefficients of the current window.
-    - ``speaker_audio``: ``[batch, w, audio_dim]`` speaker audio features aligned to the window's frames.
+    - ``speaker_face``: ``[batch, H + w, 58]`` speaker 3DMM coefficients of the current window, after the
+      ``H`` frames before it (``NetworkConfig.speaker_history``; 0 in the paper's formulation).
+    - ``speaker_audio``: ``[batch, H + w, audio_dim]`` speaker audio features aligned to the same frames.
     - ``past``: ``[batch, w, 58]`` the previous listener window (the real one in training, the generated
       one when sampling).
     - ``frame_index``: ``[batch]`` long, global index ``h`` of the window's last frame in the conversation.
@@ -151,12 +155,13 @@ class Conditions:
         """Each row repeated ``repeats`` times in place: rows ``[a, a, ..., b, b, ...]`` (for M samples)."""
         return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
 
-    def validate(self, frames: int, coeff_dim: int, audio_dim: int) -> None:
+    def validate(self, frames: int, coeff_dim: int, audio_dim: int, speaker_history: int = 0) -> None:
         """Raise ``ValueError`` naming the field whose shape does not fit the network."""
         b = self.batch_size
+        speaker_frames = speaker_history + frames
         expected = {
-            "speaker_face": (b, frames, coeff_dim),
-            "speaker_audio": (b, frames, audio_dim),
+            "speaker_face": (b, speaker_frames, coeff_dim),
+            "speaker_audio": (b, speaker_frames, audio_dim),
             "past": (b, frames, coeff_dim),
             "frame_index": (b,),
             "speaker_mask": (b,),
@@ -164,7 +169,13 @@ class Conditions:
         for name, shape in expected.items():
             got = tuple(getattr(self, name).shape)
             if got != shape:
-                raise ValueError(f"Conditions.{name} has shape {got}, expected {shape}")
+                hint = ""
+                if name.startswith("speaker") and got[:1] == (b,) and len(got) == 3:
+                    hint = (
+                        f" (the network sees {speaker_history} speaker frames before the window: build the "
+                        f"windows with the same speaker_history)"
+                    )
+                raise ValueError(f"Conditions.{name} has shape {got}, expected {shape}{hint}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -179,6 +190,8 @@ class NetworkConfig:
     ``channel_mults`` gives one U-Net level per entry (level ``l`` runs at ``frames / 2**l`` frames and
     ``channels * channel_mults[l]`` channels); ``attn_levels`` are the decoder levels with cross-attention
     (the coarsest level's attention sits in the middle block). The ``use_*`` switches are the ablations.
+    ``speaker_history``: speaker frames before the window that the cross-attention may also see (0 is
+    the paper's eq.: the speaker of the window only).
     """
 
     frames: int = 16
@@ -196,6 +209,7 @@ class NetworkConfig:
     use_frame_index: bool = True
     use_speaker_face: bool = True
     use_speaker_audio: bool = True
+    speaker_history: int = 0
     fourier_scale: float = 1.0
 
     def __post_init__(self) -> None:
@@ -220,6 +234,8 @@ class NetworkConfig:
                 raise ValueError(f"channel width {width} is not divisible by norm_groups={self.norm_groups}")
             if width % self.attn_heads:
                 raise ValueError(f"channel width {width} is not divisible by attn_heads={self.attn_heads}")
+        if self.speaker_history < 0:
+            raise ValueError(f"speaker_history must be >= 0, got {self.speaker_history}")
         if self.emb_dim % 2 or self.channels % 2:
             raise ValueError("emb_dim and channels must be even (sinusoidal/Fourier features come in pairs)")
 
@@ -377,12 +393,15 @@ class _ResBlock(nn.Module):
 class _CrossAttention(nn.Module):
     """Listener frames (queries) attend to speaker tokens (keys/values) with a causal mask (Fig. 7b).
 
-    At level ``l`` query frame ``j`` may see the null token and speaker frames ``s <= j * 2**l``; rows
-    whose speaker is dropped see the null token only. ``h``: ``[batch, channels, frames_l]``; ``tokens``:
-    ``[batch, 1 + w, token_dim]`` with the null token first.
+    At level ``l`` query frame ``j`` may see the null token and speaker positions ``s <= H + j * 2**l``
+    (``H`` = ``history``, the speaker frames before the window); rows whose speaker is dropped see the
+    null token only. ``h``: ``[batch, channels, frames_l]``; ``tokens``: ``[batch, 1 + H + w, token_dim]``
+    with the null token first.
     """
 
-    def __init__(self, channels: int, token_dim: int, heads: int, groups: int, frames: int, level: int):
+    def __init__(
+        self, channels: int, token_dim: int, heads: int, groups: int, frames: int, level: int, history: int
+    ) -> None:
         super().__init__()
         self.heads = heads
         self.groups = groups
@@ -394,8 +413,8 @@ class _CrossAttention(nn.Module):
         self.out = nn.Conv1d(channels, channels, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        starts = torch.arange(self.frames_l)[:, None] * (1 << level)
-        causal = torch.arange(frames)[None, :] <= starts  # [frames_l, w]
+        starts = history + torch.arange(self.frames_l)[:, None] * (1 << level)
+        causal = torch.arange(history + frames)[None, :] <= starts  # [frames_l, H + w]
         self.register_buffer("causal", causal, persistent=False)
 
     def forward(self, h: Tensor, tokens: Tensor, keep: Tensor) -> Tensor:
@@ -427,7 +446,7 @@ class _SpeakerTokens(nn.Module):
         self.audio = nn.Linear(cfg.audio_dim, dim) if self.use_audio else None
         self.null = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         if cfg.uses_speaker:  # no unused parameters in the speaker-free ablation (DDP would complain)
-            self.pos = nn.Parameter(torch.randn(dim, cfg.frames) * 0.02)
+            self.pos = nn.Parameter(torch.randn(dim, cfg.speaker_history + cfg.frames) * 0.02)
             self.mix = _TimeConv(dim, dim, causal=True)
             self.norm = nn.LayerNorm(dim)
 
@@ -507,7 +526,9 @@ class ReactionUNet(nn.Module):
             return _ResBlock(cin, cout, emb_dim, groups, cfg.dropout, causal)
 
         def attention(level: int) -> _CrossAttention:
-            return _CrossAttention(widths[level], ch, cfg.attn_heads, groups, cfg.frames, level)
+            return _CrossAttention(
+                widths[level], ch, cfg.attn_heads, groups, cfg.frames, level, cfg.speaker_history
+            )
 
         # Encoder: speaker-free, symmetric in time.
         self.down = nn.ModuleList()
@@ -571,7 +592,7 @@ class ReactionUNet(nn.Module):
         b = x_in.shape[0]
         if cond.batch_size != b:
             raise ValueError(f"conditions have batch {cond.batch_size}, x has {b}")
-        cond.validate(cfg.frames, cfg.coeff_dim, cfg.audio_dim)
+        cond.validate(cfg.frames, cfg.coeff_dim, cfg.audio_dim, cfg.speaker_history)
         c_noise = c_noise.reshape(-1).expand(b) if c_noise.numel() == 1 else c_noise.reshape(b)
 
         emb = self.embedding(c_noise, cond.frame_index)

@@ -148,6 +148,8 @@ class OnlineReactionGenerator:
         self.denoiser = denoiser
         self.stats = stats
         self.window = int(window)
+        # Speaker frames before the window that the network also reads (0: the window only).
+        self.speaker_history = int(getattr(config, "speaker_history", 0))
         self.samples = int(samples)
         self.steps = int(steps)
         self.solver = solver
@@ -216,7 +218,8 @@ class OnlineReactionGenerator:
             .expand(streams, m, 2 * w, -1)
             .reshape(streams * m, 2 * w, layout.N_COEFFS)
         )
-        # Normalised speaker inputs of the last (up to) w frames, for windows that overlap earlier frames.
+        # Normalised speaker inputs of the last (up to) H + w frames: the network's speaker context, and
+        # the frames that windows overlapping earlier ones need.
         self._speaker_face = torch.zeros(streams, 0, layout.N_COEFFS, device=self.device)
         self._speaker_audio = torch.zeros(streams, 0, self.audio_dim, device=self.device)
         # Rolling raw-audio buffer: samples [_audio_start, _audio_start + len(_audio)) of the stream.
@@ -319,8 +322,9 @@ class OnlineReactionGenerator:
         k = face.shape[1]
         face_t = torch.from_numpy(self.stats.normalise_face(face)).to(self.device)
         audio_t = torch.from_numpy(self.stats.normalise_audio(feats)).to(self.device)
-        window_face = torch.cat([self._speaker_face, face_t], dim=1)[:, -w:]
-        window_audio = torch.cat([self._speaker_audio, audio_t], dim=1)[:, -w:]
+        context = self.speaker_history + w
+        window_face = _left_pad(torch.cat([self._speaker_face, face_t], dim=1)[:, -context:], context)
+        window_audio = _left_pad(torch.cat([self._speaker_audio, audio_t], dim=1)[:, -context:], context)
         past = self._listener[:, k : k + w]
         h = self._frame + k - 1
 
@@ -478,3 +482,12 @@ def _generate(generator, faces, feats, starts, seed, step) -> np.ndarray:
     if done < total:
         out[:, :, done:] = step(faces[:, done:], feats[:, done:])
     return out
+
+
+def _left_pad(frames: torch.Tensor, length: int) -> torch.Tensor:
+    """``[S, n, C]`` -> ``[S, length, C]`` with the first frame repeated in front (before the conversation
+    starts, the speaker context is its first frame, as in the training windows)."""
+    missing = length - frames.shape[1]
+    if missing <= 0:
+        return frames
+    return torch.cat([frames[:, :1].expand(-1, missing, -1), frames], dim=1)

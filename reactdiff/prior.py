@@ -109,12 +109,16 @@ class WindowPrior(nn.Module):
         if past is not None:
             p = cls._checked(past, "past")
             if p.shape != x.shape:
-                raise ValueError(f"WindowPrior.fit: past {tuple(p.shape)} and windows {tuple(x.shape)} differ")
+                raise ValueError(
+                    f"WindowPrior.fit: past {tuple(p.shape)} and windows {tuple(x.shape)} differ"
+                )
             past_axes = (p - mean) @ basis
             cross = torch.einsum("ntd,nsd->dts", axes, past_axes) / n  # [D, w (current), w (past)]
             past_cov = torch.einsum("ntd,nsd->dts", past_axes, past_axes) / n
             ridge = 1e-6 * torch.diagonal(past_cov, dim1=1, dim2=2).mean(dim=1)[:, None, None]
-            gain = torch.linalg.solve(past_cov + ridge * torch.eye(frames, dtype=cov.dtype), cross.transpose(1, 2))
+            gain = torch.linalg.solve(
+                past_cov + ridge * torch.eye(frames, dtype=cov.dtype), cross.transpose(1, 2)
+            )
             prior.past_gain.copy_(gain.transpose(1, 2))
             cov = cov - prior.past_gain @ cross.transpose(1, 2)
             cov = (cov + cov.transpose(1, 2)) / 2
@@ -195,7 +199,7 @@ class WindowPrior(nn.Module):
         return torch.where(sigma[:, None, None, None] > 0, factor, torch.zeros_like(factor))
 
     def scale_output(self, out: Tensor, sigma: Tensor | float) -> Tensor:
-        """``L(sigma) F`` ``[B, w, D]`` for a network output ``F`` ``[B, w, D]`` (axis ``d`` = channel ``d``)."""
+        """``L(sigma) F`` ``[B, w, D]`` of the network output ``F`` ``[B, w, D]`` (channel d = axis d)."""
         levels = self._levels(self._per_row(sigma, out.shape[0]))
         factor = self.error_factor(levels)
         return self._temporal(factor, out) @ self.basis.T.to(out.dtype)

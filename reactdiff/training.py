@@ -794,9 +794,9 @@ def train(
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         prior = fit_prior(train_data) if cfg.preconditioning == "wiener" else None
-        denoiser = build_denoiser(
-            cfg.preset, audio_dim, prior=prior, frames=w, **cfg.model_overrides
-        ).to(device)
+        denoiser = build_denoiser(cfg.preset, audio_dim, prior=prior, frames=w, **cfg.model_overrides).to(
+            device
+        )
         ema = EMA(denoiser, cfg.ema_decay, cfg.ema_warmup)
         optimizer = torch.optim.AdamW(
             denoiser.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay

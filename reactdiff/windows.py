@@ -148,8 +148,8 @@ class WindowBatch:
 
     listener: np.ndarray  # [B, w, 58] current listener window (the target)
     past: np.ndarray  # [B, w, 58] previous listener window
-    speaker_face: np.ndarray  # [B, w, 58]
-    speaker_audio: np.ndarray  # [B, w, A]
+    speaker_face: np.ndarray  # [B, H + w, 58]: the H speaker frames before the window, then the window
+    speaker_audio: np.ndarray  # [B, H + w, A]
     frame_index: np.ndarray  # [B] int64: global index h of the window's last frame
     example: np.ndarray  # [B] int32
 
@@ -157,11 +157,16 @@ class WindowBatch:
 class WindowDataset:
     """Memory-mapped windows of one split, written by the ``windows`` stage."""
 
-    def __init__(self, split_dir: Path | str, initial_past: str = "first_frame") -> None:
+    def __init__(
+        self, split_dir: Path | str, initial_past: str = "first_frame", speaker_history: int = 0
+    ) -> None:
         split_dir = Path(split_dir)
         if initial_past not in ("first_frame", "mean"):
             raise ValueError(f"initial_past must be 'first_frame' or 'mean', got {initial_past!r}")
+        if speaker_history < 0:
+            raise ValueError(f"speaker_history must be >= 0, got {speaker_history}")
         self.initial_past = initial_past
+        self.speaker_history = int(speaker_history)
         self.meta = json.loads((split_dir / META_FILE).read_text())
         self.w = int(self.meta["w"])
         # Keep the mapping open for the dataset's lifetime: the numpy views below point into it.
@@ -194,11 +199,15 @@ class WindowDataset:
         past = self.listener[np.where(before_start, first, past_rows)]
         if self.initial_past == "mean":
             past = np.where(before_start[..., None], np.float32(0), past)
+        # The speaker frames before the window; before the conversation starts, its first frame (as the
+        # live generator is fed before it has seen more).
+        history = np.arange(-self.speaker_history, self.w, dtype=np.int64)
+        speaker_rows = np.maximum(self.start_row[indices, None] + history, first)
         return WindowBatch(
             listener=self.listener[rows],
             past=past,
-            speaker_face=self.speaker_face[rows],
-            speaker_audio=self.speaker_audio[rows],
+            speaker_face=self.speaker_face[speaker_rows],
+            speaker_audio=self.speaker_audio[speaker_rows],
             frame_index=self.h[indices],
             example=self.example[indices],
         )

@@ -13,7 +13,7 @@ W, D = 4, 3
 
 
 def gaussian_windows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``n`` windows ``[n, W, D]`` of a fixed Gaussian with a dense covariance, and its mean and covariance."""
+    """``n`` windows ``[n, W, D]`` of a fixed Gaussian with a dense covariance, its mean and covariance."""
     rng = np.random.default_rng(99)
     root = rng.standard_normal((W * D, W * D)) * np.linspace(0.05, 1.0, W * D)
     cov = root @ root.T

@@ -23,11 +23,13 @@ AUDIO = 12
 W = 16
 
 
-def make_cond(batch: int, seed: int = 0, audio_dim: int = AUDIO, frame_index: int = 40) -> Conditions:
+def make_cond(
+    batch: int, seed: int = 0, audio_dim: int = AUDIO, frame_index: int = 40, history: int = 0
+) -> Conditions:
     g = torch.Generator().manual_seed(seed)
     return Conditions.create(
-        speaker_face=torch.randn(batch, W, 58, generator=g),
-        speaker_audio=torch.randn(batch, W, audio_dim, generator=g),
+        speaker_face=torch.randn(batch, history + W, 58, generator=g),
+        speaker_audio=torch.randn(batch, history + W, audio_dim, generator=g),
         past=torch.randn(batch, W, 58, generator=g),
         frame_index=torch.full((batch,), frame_index, dtype=torch.long),
     )
@@ -186,18 +188,24 @@ def test_denoiser_composes_preconditioning() -> None:
 THREE_LEVELS = dict(channel_mults=(1, 2, 2), res_blocks=2, attn_levels=(0, 1, 2))
 
 
-@pytest.mark.parametrize("overrides", [{}, THREE_LEVELS], ids=["demo", "three-levels"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, THREE_LEVELS, dict(speaker_history=8), dict(THREE_LEVELS, speaker_history=5)],
+    ids=["demo", "three-levels", "history", "three-levels-history"],
+)
 def test_speaker_causality_is_exact(overrides: dict) -> None:
     d = demo(**overrides)
-    cond = make_cond(3)
+    history = overrides.get("speaker_history", 0)
+    cond = make_cond(3, history=history)
     x, sigma = torch.randn(3, W, 58), torch.tensor([0.1, 1.0, 10.0])
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         base = d(x, sigma, cond)
         for t in (0, 3, 7, 8, 12, 14):
+            s = history + t  # speaker position of window frame t
             face, audio = cond.speaker_face.clone(), cond.speaker_audio.clone()
-            face[:, t + 1 :] += 5 * torch.randn(face[:, t + 1 :].shape, generator=g)
-            audio[:, t + 1 :] += 5 * torch.randn(audio[:, t + 1 :].shape, generator=g)
+            face[:, s + 1 :] += 5 * torch.randn(face[:, s + 1 :].shape, generator=g)
+            audio[:, s + 1 :] += 5 * torch.randn(audio[:, s + 1 :].shape, generator=g)
             out = d(x, sigma, with_speaker(cond, face, audio))
             past_frames = (out - base)[:, : t + 1].abs().max().item()
             future_frames = (out - base)[:, t + 1 :].abs().max().item()
@@ -205,9 +213,18 @@ def test_speaker_causality_is_exact(overrides: dict) -> None:
             assert future_frames > 1e-3, "the perturbation should reach the later frames"
             # Non-vacuous: the speaker at frame t itself does move the output at frame t.
             face_t = cond.speaker_face.clone()
-            face_t[:, t] += 3.0
+            face_t[:, s] += 3.0
             moved = (d(x, sigma, with_speaker(cond, face_t, cond.speaker_audio)) - base)[:, t]
             assert moved.abs().max().item() > 1e-3
+    if history:
+        # The history is seen: the speaker before the window moves the window's first frame.
+        face_h = cond.speaker_face.clone()
+        face_h[:, 0] += 3.0
+        with torch.no_grad():
+            moved = (d(x, sigma, with_speaker(cond, face_h, cond.speaker_audio)) - base)[:, 0]
+        assert moved.abs().max().item() > 1e-3
+        with pytest.raises(ValueError, match="speaker frames before the window"):
+            d(x, sigma, make_cond(3))
 
 
 def test_dropped_speaker_output_ignores_speaker_inputs() -> None:

@@ -82,9 +82,13 @@ class Recording:
         self.frame_index: list[Tensor] = []
         self.past: list[Tensor] = []
         self.audio: list[Tensor] = []
+        self.face: list[Tensor] = []
+        if hasattr(inner, "config"):
+            self.config = inner.config
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Conditions) -> Tensor:
         self.batches.append(x.shape[0])
+        self.face.append(cond.speaker_face.clone())
         self.frame_index.append(cond.frame_index.clone())
         self.past.append(cond.past.clone())
         self.audio.append(cond.speaker_audio.clone())
@@ -178,6 +182,22 @@ def test_frame_index_batch_and_past_passed_to_the_denoiser(denoiser, stats):
     np.testing.assert_allclose(rec.past[0].numpy(), np.full((3, W, N_COEFFS), SIGMA_DATA), atol=1e-5)
     np.testing.assert_allclose(rec.past[2].numpy(), model[:, 0:16], atol=1e-5)
     np.testing.assert_allclose(rec.past[4].numpy(), model[:, 8:24], atol=1e-5)
+
+
+def test_speaker_history_is_the_frames_before_each_window(stats):
+    """A network that reads H speaker frames before the window gets them online exactly as the training
+    windows give them (reactdiff.windows): the frames before the conversation are its first frame."""
+    history = 5
+    torch.manual_seed(0)
+    rec = Recording(build_denoiser("demo", audio_dim=A, speaker_history=history).eval())
+    gen = Unclipped(rec, stats, samples=2, steps=1)
+    face, feats = speaker(40)
+    generate_clip(gen, face, feats)
+    model_face = stats.normalise_face(face)
+    for call, end in zip(rec.face, (15, 31, 39), strict=True):
+        frames = np.maximum(np.arange(end - W - history + 1, end + 1), 0)
+        assert call.shape == (2, history + W, N_COEFFS)
+        np.testing.assert_allclose(call[0].numpy(), model_face[frames], atol=1e-5)
 
 
 @pytest.mark.parametrize("guidance", [1.0, 2.0])

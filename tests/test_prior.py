@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from reactdiff.model import build_denoiser
+from reactdiff.model import Conditions, build_denoiser
 from reactdiff.prior import WindowPrior
-from tests.test_model import make_cond
 
 W, D = 6, 4
 
@@ -111,7 +110,9 @@ def test_untrained_denoiser_is_the_wiener_filter() -> None:
     denoiser = build_denoiser("demo", 12, prior=prior)
     x = torch.randn(3, 16, 58)
     sigma = torch.tensor([0.05, 0.5, 5.0])
-    cond = make_cond(3)
+    cond = Conditions.create(
+        torch.randn(3, 16, 58, generator=g), torch.randn(3, 16, 12, generator=g), torch.randn(3, 16, 58), 40
+    )
     with torch.no_grad():
         torch.testing.assert_close(denoiser(x, sigma, cond), prior.skip(x, sigma, cond.past))
-    assert torch.equal(denoiser(x, 0.0, make_cond(3)), x)
+    assert torch.equal(denoiser(x, 0.0, cond), x)

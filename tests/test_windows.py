@@ -86,6 +86,26 @@ def test_windows_gather_the_right_frames(features_dir, tmp_path, initial_past):
         assert batch.speaker_face[i, :, 0].max() <= speaker_offset + h
 
 
+def test_speaker_history_prepends_the_frames_before_the_window(features_dir, tmp_path):
+    face_std = np.full(58, SIGMA_DATA, np.float32)
+    stats = NormStats(np.zeros(58, np.float32), face_std, np.zeros(A, np.float32), np.ones(A, np.float32))
+    w, history = 16, 10
+    write_split_windows(build_split_windows(features_dir, stats, w=w, stride=4), tmp_path / "w" / "train")
+    ds = WindowDataset(tmp_path / "w" / "train", speaker_history=history)
+    batch = ds.batch(np.arange(len(ds)))
+    assert batch.speaker_face.shape == (len(ds), history + w, 58)
+    assert batch.speaker_audio.shape == (len(ds), history + w, A)
+    for i in range(len(ds)):
+        h = int(batch.frame_index[i])
+        speaker_offset = 1000 if batch.example[i] == 0 else 2000
+        # Frames h - w - history + 1 .. h; those before the conversation are its first frame (0).
+        frames = np.maximum(np.arange(h - w - history + 1, h + 1), 0)
+        assert np.allclose(batch.speaker_face[i, :, 5], speaker_offset + frames + 0.05)
+        assert np.allclose(batch.speaker_audio[i, :, 1], -speaker_offset - frames - 0.01)
+    with pytest.raises(ValueError, match="speaker_history must be >= 0"):
+        WindowDataset(tmp_path / "w" / "train", speaker_history=-1)
+
+
 def test_windows_are_normalised_with_train_stats(features_dir):
     stats = NormStats(
         np.full(58, 1000, np.float32),
