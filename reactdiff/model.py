@@ -693,7 +693,10 @@ class Denoiser(nn.Module):
         c_in = torch.rsqrt(sigma**2 + self.prior.variance)[:, None, None]
         out = self.network(x * c_in, _noise_conditioning(sigma), cond).to(x.dtype)
         past = None if cond is None else cond.past
-        return self.prior.skip(x, sigma, past) + self.prior.scale_output(out, sigma)
+        # The prior's products are precise linear algebra (a Wiener filter, a Cholesky factor): under
+        # mixed precision they would round the skip path by more than the lowest noise levels.
+        with torch.autocast(x.device.type, enabled=False):
+            return self.prior.skip(x, sigma, past) + self.prior.scale_output(out.float(), sigma).to(x.dtype)
 
 
 def _noise_conditioning(sigma: Tensor) -> Tensor:
