@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from reactdiff.model import Conditions, build_denoiser
+from reactdiff.model import Conditions, Denoiser, NetworkConfig, build_denoiser
 from reactdiff.prior import WindowPrior
 
 W, D = 6, 4
@@ -116,3 +116,37 @@ def test_untrained_denoiser_is_the_wiener_filter() -> None:
     with torch.no_grad():
         torch.testing.assert_close(denoiser(x, sigma, cond), prior.skip(x, sigma, cond.past))
     assert torch.equal(denoiser(x, 0.0, cond), x)
+
+
+class _ZeroNetwork(torch.nn.Module):
+    """A network whose output is an autocast-dtype zero (a bf16 matmul under autocast)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = NetworkConfig()
+        self.head = torch.nn.Linear(58, 58)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, cond: object) -> torch.Tensor:
+        return self.head(x_in)
+
+
+def test_skip_path_keeps_full_precision_under_mixed_precision() -> None:
+    """Autocast (bf16 on CUDA in training) must not round the Wiener filter: bf16 products would be off by
+    about 3e-3, more than the noise at the lowest training levels."""
+    g = torch.Generator().manual_seed(1)
+    windows = torch.randn(64, 16, 58, generator=g, dtype=torch.float64)
+    prior = WindowPrior.fit(windows.numpy(), past=torch.roll(windows, 1, dims=0).numpy())
+    denoiser = Denoiser(_ZeroNetwork(), prior=prior)
+    cond = Conditions.create(
+        torch.randn(2, 16, 58, generator=g), torch.randn(2, 16, 12, generator=g), torch.randn(2, 16, 58), 40
+    )
+    x, sigma = torch.randn(2, 16, 58, generator=g), torch.tensor([0.01, 0.3])
+    with torch.no_grad():
+        plain = denoiser(x, sigma, cond)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = denoiser(x, sigma, cond)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(plain, prior.skip(x, sigma, cond.past))
