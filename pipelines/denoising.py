@@ -18,7 +18,7 @@ from reactdiff import io
 from reactdiff.config import load_params
 from reactdiff.denoising import LinearDenoiser, denoising_curve
 from reactdiff.render import plot_denoising_curve
-from reactdiff.training import PRIOR_MAX_WINDOWS, load_denoiser, select_device
+from reactdiff.training import PRIOR_MAX_WINDOWS, evenly_spaced, load_denoiser, select_device
 from reactdiff.windows import WindowDataset
 
 WINDOWS = Path("windows")
@@ -46,8 +46,8 @@ def main() -> None:
     history = model.config.speaker_history
     train = WindowDataset(WINDOWS / "train", params.windows.initial_past, speaker_history=history)
     val = WindowDataset(WINDOWS / "val", params.windows.initial_past, speaker_history=history)
-    step = max(len(train) // PRIOR_MAX_WINDOWS, 1)
-    linear = LinearDenoiser.fit(train.batch(list(range(0, len(train), step))).listener)
+    # The same train windows as the model's own prior is fitted on.
+    linear = LinearDenoiser.fit(train.batch(evenly_spaced(len(train), PRIOR_MAX_WINDOWS)).listener)
     curve = denoising_curve(model, linear, val, seed=params.seed, device=device)
 
     rows = {f"sigma_{row['sigma']:g}": {k: row[k] for k in ("noisy", "linear", "model")} for row in curve}

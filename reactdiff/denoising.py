@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from reactdiff.training import WindowSource, to_model_inputs
+from reactdiff.training import WindowSource, evenly_spaced, to_model_inputs
 
 __all__ = ["CURVE_SIGMAS", "LinearDenoiser", "denoising_curve"]
 
@@ -86,10 +86,9 @@ def denoising_curve(
     Scored on ``min(windows, len(data))`` windows evenly spaced over ``data``, with the real past and
     speaker as conditions; the noise of level ``i`` is seeded from ``(seed, i)``.
     """
-    n = min(windows, len(data))
-    if n == 0:
+    if min(windows, len(data)) == 0:
         raise ValueError("denoising_curve: the data has no windows")
-    indices = np.unique(np.linspace(0, len(data) - 1, n).round().astype(np.int64))
+    indices = evenly_spaced(len(data), windows)
     was_training = denoiser.training
     denoiser.eval()
     curve = []

@@ -73,6 +73,7 @@ __all__ = [
     "WindowSource",
     "select_device",
     "to_model_inputs",
+    "evenly_spaced",
     "fit_prior",
     "config_fingerprint",
     "save_checkpoint",
@@ -469,12 +470,16 @@ class _WindowSampler:
         return self.global_indices(step)[rank * per_rank : (rank + 1) * per_rank]
 
 
+def evenly_spaced(total: int, count: int) -> np.ndarray:
+    """At most ``count`` distinct indices spread evenly over ``range(total)``, first and last included."""
+    n = min(total, count)
+    return np.unique(np.linspace(0, total - 1, n).round().astype(np.int64))
+
+
 def fit_prior(data: WindowSource, max_windows: int = PRIOR_MAX_WINDOWS) -> WindowPrior:
     """The :class:`reactdiff.prior.WindowPrior` of a split's listener windows given their previous windows
     (at most ``max_windows``, evenly spaced)."""
-    n = min(len(data), max_windows)
-    indices = np.unique(np.linspace(0, len(data) - 1, n).round().astype(np.int64))
-    batch = data.batch(indices)
+    batch = data.batch(evenly_spaced(len(data), max_windows))
     return WindowPrior.fit(batch.listener, past=batch.past)
 
 
@@ -634,10 +639,9 @@ def validation_loss(
     the values are comparable across steps. Averages are weighted by chunk size and all-reduced under DDP.
     """
     info = info or DistInfo()
-    n = min(len(data), batch_size * batches)
-    if n == 0:
+    if min(len(data), batch_size * batches) == 0:
         return {}
-    indices = np.unique(np.linspace(0, len(data) - 1, n).round().astype(np.int64))
+    indices = evenly_spaced(len(data), batch_size * batches)
     chunk = max(batch_size // info.world_size, 1)
     was_training = denoiser.training
     denoiser.eval()
