@@ -4,7 +4,8 @@ For the first ``render.sessions`` sessions of the sampled split (both directions
 ``renders/<example>.mp4`` (speaker on the left with its voice, real listener and M generated reactions
 in a grid, 25 fps) and ``plots/coefficients/<example>.png`` (chosen coefficients over time), and
 ``plots/metrics.png`` (bar charts of the evaluation table). Plots and videos are logged as MLflow
-artifacts of the sampling run.
+artifacts of the sampling run. Each example is one Prefect task (``render.runner``, ``render.workers``):
+drawing is Python holding the GIL, so the default runner is processes, one video per core at a time.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from prefect import flow, task
+from prefect.cache_policies import NONE
 
 from pipelines import tracking
-from pipelines.flows import StageTimer
-from reactdiff.config import load_params
+from pipelines.flows import StageTimer, gather, make_task_runner, worker_count
+from reactdiff.config import RenderParams, load_params
 from reactdiff.corpus import read_clip
 from reactdiff.evaluation import generated_reactions, load_split
 from reactdiff.render import plot_coefficients, plot_metric_bars, write_reaction_video
@@ -34,6 +37,25 @@ def example_name(example: dict) -> str:
     return f"{example['example']:04d}_{example['speaker'].replace('/', '_')}"
 
 
+@task(name="render-example", cache_policy=NONE)
+def render_example(
+    name: str, speaker: np.ndarray, listener: np.ndarray, generated: np.ndarray, audio: np.ndarray,
+    audio_rate: int, cfg: RenderParams,
+) -> str:  # fmt: skip
+    """One example's video and coefficient plot (a task: examples render in parallel)."""
+    write_reaction_video(
+        VIDEOS / f"{name}.mp4", speaker, listener, generated, audio=audio, audio_rate=audio_rate,
+        renderer=cfg.renderer, tile=cfg.tile, encoder_threads=1,
+    )  # fmt: skip
+    plot_coefficients(PLOTS / f"{name}.png", speaker, listener, generated, dims=cfg.dims, title=name)
+    return name
+
+
+@flow(name="render", log_prints=True)
+def render_flow(jobs: list[dict], cfg: RenderParams) -> list[str]:
+    return gather([render_example.submit(**job, cfg=cfg) for job in jobs], desc="render")
+
+
 def main() -> None:
     timer = StageTimer("render")
     params = load_params()
@@ -43,27 +65,25 @@ def main() -> None:
     sessions = sorted({e["session"] for e in split.examples})[: cfg.sessions]
     VIDEOS.mkdir(parents=True, exist_ok=True)
     PLOTS.mkdir(parents=True, exist_ok=True)
-    written = []
+    jobs = []
     for k, example in enumerate(split.examples):
         if example["session"] not in sessions:
             continue
-        name = example_name(example)
         clip = read_clip(params.data_root(), params.sample.split, example["speaker"])
-        audio = clip.audio[: split.frames * clip.audio_rate // 25]
-        write_reaction_video(
-            VIDEOS / f"{name}.mp4",
-            split.speaker[k],
-            split.listener[k],
-            P[k],
-            audio=audio,
-            audio_rate=clip.audio_rate,
-            renderer=cfg.renderer,
-            tile=cfg.tile,
+        jobs.append(
+            {
+                "name": example_name(example),
+                "speaker": split.speaker[k],
+                "listener": split.listener[k],
+                "generated": P[k],
+                "audio": clip.audio[: split.frames * clip.audio_rate // 25],
+                "audio_rate": clip.audio_rate,
+            }
         )
-        plot_coefficients(
-            PLOTS / f"{name}.png", split.speaker[k], split.listener[k], P[k], dims=cfg.dims, title=name
-        )
-        written.append(name)
+    written = []
+    if jobs:
+        workers = min(worker_count(cfg.workers), len(jobs))
+        written = render_flow.with_options(task_runner=make_task_runner(cfg.runner, workers))(jobs, cfg)
     table = pd.read_csv(REPORT)
     table = table[table["subset"] == "all"].set_index("variant")
     metrics = [m for m in BAR_METRICS if m in table.columns]

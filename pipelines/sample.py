@@ -135,6 +135,7 @@ def sample_group(index: int, examples: list[dict], params: Params, scratch: str)
             solver=cfg.solver,
             eta=cfg.eta,
             guidance_scale=cfg.guidance_scale,
+            guidance_interval=cfg.guidance_interval,
             initial_past=params.windows.initial_past,
             clip_expression=cfg.clip_expression,
             streams=len(batch),
@@ -181,8 +182,9 @@ def main() -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     print(
         f"[sample] {cfg.split}: M={cfg.samples}, {cfg.steps} steps, {cfg.solver} (eta {cfg.eta}), "
-        f"guidance {cfg.guidance_scale}, {len(groups)} groups of <= {cfg.batch_examples} examples, {workers} "
-        f"{cfg.runner} workers; resuming from {scratch} if present"
+        f"guidance {cfg.guidance_scale} at sigma in {cfg.guidance_interval or 'all levels'}, {len(groups)} "
+        f"groups of <= {cfg.batch_examples} examples, {workers} {cfg.runner} workers; resuming from "
+        f"{scratch} if present"
     )
     results = sample_flow.with_options(task_runner=make_task_runner(cfg.runner, workers))(
         params, groups, scratch

@@ -133,6 +133,8 @@ class SampleParams(_Section):
     eta: float = Field(default=1.0, ge=0)
     guidance_scale: float = 1.5
     """Classifier-free guidance scale; 1 disables guidance."""
+    guidance_interval: list[float] | None = None
+    """Noise levels ``[lo, hi]`` where guidance applies (others: plain conditional); None = all."""
     clip_expression: bool = True
     """Clamp generated blendshape weights to [0, 1] (returned and fed back as the next past)."""
     batch_examples: int = Field(default=16, ge=1)
@@ -141,6 +143,13 @@ class SampleParams(_Section):
     device: str = "auto"
     runner: Literal["thread", "process", "dask"] = "thread"
     workers: int = Field(default=0, ge=0)
+
+    @field_validator("guidance_interval")
+    @classmethod
+    def _ordered_interval(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) != 2 or not 0 <= v[0] <= v[1]):
+            raise ValueError(f"needs [lo, hi] with 0 <= lo <= hi, got {v}")
+        return v
 
 
 class RenderParams(_Section):
@@ -151,6 +160,10 @@ class RenderParams(_Section):
     tile: int = Field(default=128, ge=32)
     dims: list[str] = ["browInnerUp", "eyeBlinkLeft", "jawOpen", "mouthSmileLeft", "pitch", "yaw"]
     """Coefficients plotted over time (expression names, or pitch/yaw/roll/tx/ty/tz)."""
+    runner: Literal["thread", "process", "dask"] = "process"
+    """One task per video; drawing holds the GIL, so processes (not threads) use the cores."""
+    workers: int = Field(default=0, ge=0)
+    """Videos rendered at once; 0 means one per CPU core."""
 
 
 class RealismParams(_Section):

@@ -10,7 +10,8 @@ a later frame), and denoises M samples as one batch of the EDM denoiser, each co
 - the global index ``h`` of the window's last frame,
 
 with DPM-Solver++(2M) (SDE by default, as Algorithm 2), ``steps`` denoiser evaluations and
-classifier-free guidance (``guidance_scale``; 1 = plain conditional sampling).
+classifier-free guidance (``guidance_scale``; 1 = plain conditional sampling) over the noise levels
+in ``guidance_interval`` (``None``: all of them).
 
 Before the conversation starts there is no generated past: the past frames before frame 0 are the
 listener's starting state (``initial_past="first_frame"``, what :mod:`reactdiff.windows` trains with by
@@ -109,6 +110,7 @@ class OnlineReactionGenerator:
         solver: str = "sde",
         eta: float = 1.0,
         guidance_scale: float = 1.0,
+        guidance_interval: tuple[float, float] | None = None,
         seed: int = 0,
         device: torch.device | str | None = None,
         encoder: AudioEncoder | None = None,
@@ -155,6 +157,7 @@ class OnlineReactionGenerator:
         self.solver = solver
         self.eta = float(eta)
         self.guidance_scale = float(guidance_scale)
+        self.guidance_interval = None if guidance_interval is None else tuple(map(float, guidance_interval))
         self.seed = int(seed)
         self.seeds: list[int] = []
         self.encoder = encoder
@@ -342,6 +345,7 @@ class OnlineReactionGenerator:
                 solver=self.solver,
                 eta=self.eta,
                 guidance_scale=self.guidance_scale,
+                guidance_interval=self.guidance_interval,
                 generator=self._generators[0] if streams == 1 else self._generators,
                 device=self.device,
             )

@@ -72,7 +72,7 @@ class GuidableConditions(Protocol):
         ...
 
 
-def guided(denoiser: Denoiser, scale: float) -> Denoiser:
+def guided(denoiser: Denoiser, scale: float, interval: tuple[float, float] | None = None) -> Denoiser:
     """Classifier-free guidance: ``uncond + scale * (cond - uncond)`` from one batched call.
 
     ``scale == 1`` returns ``denoiser`` itself (plain conditional sampling, no extra cost). ``scale == 0``
@@ -80,9 +80,21 @@ def guided(denoiser: Denoiser, scale: float) -> Denoiser:
     stacks ``x`` twice (``[2 * batch, frames, dims]``) with ``cond.cat(cond.drop_speaker())`` and splits
     the output. ``cond`` must follow :class:`GuidableConditions`; ``cond=None`` means there is nothing to
     drop, conditional and unconditional coincide and the plain estimate is returned.
+
+    ``interval = (lo, hi)`` guides only rows whose noise level is in ``[lo, hi]``; the others get the
+    plain conditional estimate, and a call with no row inside costs one plain call (Kynkaanniemi et
+    al. 2024, "Applying guidance in a limited interval"). Guidance at high noise levels is what sets a
+    window's level and slow course, and there it pushes samples past the real range (measured on the
+    sample corpus: scale 4 everywhere gives 1.36 times the real listeners' temporal std, and FD_learned
+    2.5 against 0.4 with guidance below sigma 2 only). Deciding reads ``sigma`` on the host: one
+    device synchronisation per call on CUDA.
     """
     if scale == 1:
         return denoiser
+    if interval is not None:
+        lo, hi = (float(v) for v in interval)
+        if not 0 <= lo <= hi:
+            raise ValueError(f"guidance interval must be 0 <= lo <= hi, got {interval}")
 
     def guided_denoiser(x: Tensor, sigma: Tensor, cond: Any) -> Tensor:
         if cond is None:
@@ -92,12 +104,24 @@ def guided(denoiser: Denoiser, scale: float) -> Denoiser:
                 f"guidance scale {scale} needs conditions with drop_speaker() and cat(); "
                 f"got {type(cond).__name__}"
             )
+        inside = None
+        if interval is not None:
+            inside = (sigma >= lo) & (sigma <= hi)
+            if not bool(inside.any()):
+                return denoiser(x, sigma, cond)
+            if bool(inside.all()):
+                inside = None
         uncond_cond = cond.drop_speaker()
         if scale == 0:
-            return denoiser(x, sigma, uncond_cond)
-        both = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), cond.cat(uncond_cond))
-        conditional, unconditional = both.chunk(2)
-        return unconditional + scale * (conditional - unconditional)
+            out = denoiser(x, sigma, uncond_cond)
+            conditional = None if inside is None else denoiser(x, sigma, cond)
+        else:
+            both = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), cond.cat(uncond_cond))
+            conditional, unconditional = both.chunk(2)
+            out = unconditional + scale * (conditional - unconditional)
+        if inside is None:
+            return out
+        return torch.where(inside.reshape(-1, *([1] * (x.ndim - 1))), out, conditional)
 
     return guided_denoiser
 
@@ -266,6 +290,7 @@ def sample(
     solver: str = "sde",
     eta: float = 1.0,
     guidance_scale: float = 1.0,
+    guidance_interval: tuple[float, float] | None = None,
     generator: Generators = None,
     device: torch.device | str | None = None,
     sigma_min: float = SIGMA_MIN,
@@ -275,7 +300,8 @@ def sample(
     """Draw ``x_T = sigma_max * randn(shape)`` and denoise it over ``steps`` Karras levels.
 
     ``shape``: ``[batch, frames, dims]``. ``solver``: ``"sde"`` (Algorithm 2 with ``eta``) or ``"ode"``
-    (Algorithm 1). ``guidance_scale != 1`` wraps the denoiser with :func:`guided`. ``device`` defaults to
+    (Algorithm 1). ``guidance_scale != 1`` wraps the denoiser with :func:`guided` (over
+    ``guidance_interval`` of noise levels when given, else at every level). ``device`` defaults to
     CUDA when available, else CPU; ``x_T`` is drawn on the generator's device and moved there.
     Returns ``[batch, frames, dims]`` on ``device``; ``steps`` network calls.
     """
@@ -286,7 +312,7 @@ def sample(
     device = torch.device(device)
     sigmas = karras_sigmas(steps, sigma_min=sigma_min, sigma_max=sigma_max)
     x_T = sigma_max * _randn(shape, generator, device, dtype)
-    net = guided(denoiser, guidance_scale)
+    net = guided(denoiser, guidance_scale, guidance_interval)
     if solver == "ode":
         return sample_dpmpp_2m(net, x_T, sigmas, cond)
     return sample_dpmpp_2m_sde(net, x_T, sigmas, cond, eta=eta, generator=generator)

@@ -25,6 +25,8 @@ def test_project_params_file_is_valid():
         ({"lambda": "0.001"}, "key 'lambda'"),
         ({"lambda": -1.0}, "key 'lambda'"),
         ({"data": {"splits": ["train", "dev"]}}, "key 'data.splits.1'"),
+        ({"sample": {"guidance_interval": [2.0, 0.5]}}, "key 'sample.guidance_interval'"),
+        ({"sample": {"guidance_interval": [1.0]}}, "key 'sample.guidance_interval'"),
     ],
 )
 def test_bad_params_name_the_key(raw, key):

@@ -200,14 +200,18 @@ def test_speaker_history_is_the_frames_before_each_window(stats):
         np.testing.assert_allclose(call[0].numpy(), model_face[frames], atol=1e-5)
 
 
-@pytest.mark.parametrize("guidance", [1.0, 2.0])
-def test_one_denoiser_call_per_solver_step(denoiser, stats, guidance):
+@pytest.mark.parametrize(
+    ("guidance", "interval", "guided_steps"), [(1.0, None, 0), (2.0, None, 5), (2.0, (0.0, 1.0), 2)]
+)
+def test_one_denoiser_call_per_solver_step(denoiser, stats, guidance, interval, guided_steps):
     counter = CountingDenoiser(denoiser)
-    gen = Unclipped(counter, stats, samples=4, steps=5, guidance_scale=guidance)
+    gen = Unclipped(counter, stats, samples=4, steps=5, guidance_scale=guidance, guidance_interval=interval)
     face, feats = speaker(W)
     gen.step(face, audio_features=feats)
     assert counter.calls == 5
-    assert counter.rows == 5 * 4 * (2 if guidance != 1 else 1)  # guidance: M conditional + M unconditional
+    # Guided steps: M conditional + M unconditional rows. Of the 5 Karras levels (80, 19.8, 3.46, 0.34,
+    # 0.01), two lie in [0, 1].
+    assert counter.rows == 5 * 4 + guided_steps * 4
 
 
 @pytest.mark.parametrize("frames", [750, 40, 16, 17, 5])

@@ -334,6 +334,40 @@ def test_guidance_costs_one_batched_call_per_step(scale: float, calls_rows: int)
     assert (counter.calls, counter.rows, counter.seconds) == (0, 0, 0.0)
 
 
+@pytest.mark.parametrize("scale", [0.0, 3.0])
+def test_guidance_interval_guides_only_the_rows_inside_it(scale: float) -> None:
+    g = torch.Generator().manual_seed(11)
+    cond = _toy_cond(4, g)
+    x = torch.randn(4, 5, 4, generator=g, dtype=torch.float64) * 3
+    sigma = torch.tensor([0.05, 0.5, 2.0, 9.0], dtype=torch.float64)
+    conditional = toy_conditional_denoiser(x, sigma, cond)
+    full = guided(toy_conditional_denoiser, scale)(x, sigma, cond)
+    out = guided(toy_conditional_denoiser, scale, interval=(0.1, 2.0))(x, sigma, cond)
+    inside = torch.tensor([False, True, True, False])
+    assert torch.equal(out[inside], full[inside])  # both ends of the interval included
+    assert torch.equal(out[~inside], conditional[~inside])
+    assert not torch.allclose(full[~inside], conditional[~inside])
+    # An interval holding every level is plain guidance.
+    assert torch.equal(guided(toy_conditional_denoiser, scale, interval=(0.0, 9.0))(x, sigma, cond), full)
+    with pytest.raises(ValueError, match="0 <= lo <= hi"):
+        guided(toy_conditional_denoiser, scale, interval=(2.0, 1.0))
+
+
+def test_guidance_outside_its_interval_costs_one_plain_call() -> None:
+    steps, batch = 10, 3
+    sigmas = karras_sigmas(steps)
+    hi = float(sigmas[4])  # levels 4..9 guided (the last step goes to 0, levels 0..3 above hi)
+    counter = CountingDenoiser(toy_conditional_denoiser)
+    out = sample(
+        counter, (batch, 6, 4), _toy_cond(batch, torch.Generator().manual_seed(5)), steps=steps,
+        guidance_scale=3.0, guidance_interval=(0.0, hi), generator=torch.Generator().manual_seed(6),
+        device="cpu", dtype=torch.float64,
+    )  # fmt: skip
+    assert out.shape == (batch, 6, 4)
+    assert counter.calls == steps
+    assert counter.rows == batch * (4 + 2 * 6)
+
+
 def test_guided_sampling_targets_extrapolated_gaussian() -> None:
     """Guided toy Gaussian = Gaussian denoiser with mean m_u + w (m_c - m_u); the ODE reaches that mean."""
     n, w = 4000, 2.0
