@@ -17,8 +17,9 @@ from pipelines.flows import StageTimer
 from reactdiff import io
 from reactdiff.config import load_params
 from reactdiff.denoising import LinearDenoiser, denoising_curve
+from reactdiff.devices import select_device
 from reactdiff.render import plot_denoising_curve
-from reactdiff.training import PRIOR_MAX_WINDOWS, evenly_spaced, load_denoiser, select_device
+from reactdiff.training import PRIOR_MAX_WINDOWS, evenly_spaced, load_denoiser
 from reactdiff.windows import WindowDataset
 
 WINDOWS = Path("windows")

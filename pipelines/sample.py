@@ -37,9 +37,10 @@ from pipelines import tracking
 from pipelines.flows import StageTimer, gather, make_task_runner, worker_count
 from reactdiff import io
 from reactdiff.config import Params, load_params
+from reactdiff.devices import select_device
 from reactdiff.features import EXAMPLES_FILE, FRAMES_FILE, STATS_FILE, NormStats, read_frames
 from reactdiff.online import OnlineReactionGenerator, derive_seed, generate_clips
-from reactdiff.training import load_denoiser, select_device
+from reactdiff.training import load_denoiser
 
 FEATURES = Path("features")
 MODEL = Path("models/reactdiff.pt")

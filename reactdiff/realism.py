@@ -54,8 +54,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from reactdiff import io
+from reactdiff.devices import select_device
 from reactdiff.metrics import SUBSETS, resolve_subsets
-from reactdiff.training import select_device
 
 __all__ = [
     "CHECKPOINT_FORMAT",

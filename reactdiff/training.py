@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from reactdiff import io
+from reactdiff.devices import select_device
 from reactdiff.losses import LossConfig, training_loss
 from reactdiff.model import (
     Conditions,
@@ -71,7 +72,6 @@ __all__ = [
     "DistInfo",
     "EMA",
     "WindowSource",
-    "select_device",
     "to_model_inputs",
     "evenly_spaced",
     "fit_prior",
@@ -90,7 +90,6 @@ PRECONDITIONINGS = ("wiener", "edm")
 # Windows the prior is fitted on, evenly spaced over the split: its ~60k numbers are well determined by
 # far fewer windows than a large corpus has.
 PRIOR_MAX_WINDOWS = 50_000
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
 
 # Stream identifiers mixed into the counter-based seeds (any distinct constants would do).
 _BATCHES, _NOISE, _DROPOUT, _VALIDATION = 1, 2, 3, 4
@@ -246,40 +245,8 @@ def _seed_for(*keys: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Devices and distributed context
+# Distributed context
 # --------------------------------------------------------------------------------------------------
-
-
-def _mps_available() -> bool:
-    backend = getattr(torch.backends, "mps", None)
-    return bool(backend is not None and backend.is_available())
-
-
-def select_device(requested: str = "auto") -> torch.device:
-    """The torch device for ``requested``: ``"auto"`` picks cuda, then mps, then cpu.
-
-    Raises ``ValueError`` for a string that names no supported device and ``RuntimeError`` for a device
-    this machine does not have.
-    """
-    name = str(requested).strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps") if _mps_available() else torch.device("cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "mps":
-        if not _mps_available():
-            raise RuntimeError("device 'mps' requested but torch.backends.mps.is_available() is False")
-        return torch.device("mps")
-    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device {requested!r} requested but torch.cuda.is_available() is False")
-        device = torch.device(name)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(f"device {requested!r} requested but only {torch.cuda.device_count()} GPU(s)")
-        return device
-    raise ValueError(f"unknown device {requested!r}; choose one of {', '.join(DEVICE_CHOICES)}")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ from reactdiff.training import (
     load_checkpoint,
     load_denoiser,
     save_checkpoint,
-    select_device,
     to_model_inputs,
     train,
     validation_loss,
@@ -130,23 +129,6 @@ def _assert_states_equal(a: dict, b: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-
-
-def test_select_device():
-    assert select_device("cpu") == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else None
-    auto = select_device("auto")
-    if expected:
-        assert auto.type == "cuda"
-    elif not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        assert auto == torch.device("cpu")
-    with pytest.raises(ValueError, match="auto, cpu, cuda, cuda:<index>, mps"):
-        select_device("tpu")
-    with pytest.raises(ValueError, match="unknown device"):
-        select_device("cuda:x")
-    if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="not available|False"):
-            select_device("cuda")
 
 
 def test_ema_update_by_hand():
