@@ -69,6 +69,9 @@ def train_config(params: Params) -> TrainConfig:
         checkpoint_every=t.checkpoint_every,
         val_every=t.val_every,
         val_batches=t.val_batches,
+        rollout_prob=t.rollout_prob,
+        rollout_start=t.rollout_start,
+        rollout_steps=t.rollout_steps,
     )
 
 

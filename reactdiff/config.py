@@ -113,6 +113,13 @@ class TrainParams(_Section):
     checkpoint_every: int = Field(default=500, ge=1)
     val_every: int = Field(default=500, ge=1)
     val_batches: int = Field(default=4, ge=1)
+    rollout_prob: float = Field(default=0.0, ge=0, le=1)
+    """Fraction of the rows trained on the previous window as the model samples it, not the real one
+    (reactdiff/training.py, "Rollouts"): the model learns to respond from the past it will have."""
+    rollout_start: int = Field(default=0, ge=0)
+    """Step from which rollouts begin (the EMA model that samples them must first be usable)."""
+    rollout_steps: int = Field(default=4, ge=1)
+    """ODE steps of a rollout's sample of the previous window."""
 
     @field_validator("betas")
     @classmethod

@@ -12,7 +12,8 @@ replaced by the Wiener filter of the train listener windows and the factor of it
 Network (``ReactionUNet``), following appendix A.1:
 
 - a one-layer LSTM on the (scaled, noised) input frames, whose initial ``(h, c)`` is a linear map of the
-  previous listener window (its last frame and its mean, see :class:`_PastState`);
+  previous listener window (its last frame and its mean) and the listener's mean since the conversation
+  began (see :class:`_PastState`);
 - a temporal 1D U-Net over the ``w`` frames (channels-first ``conv1d``), residual blocks with adaptive
   group normalisation driven by ``MLP(Fourier(c_noise)) + MLP(sinusoid(h))`` (diffusion step and the
   global frame index ``h`` of the window's last frame);
@@ -89,6 +90,10 @@ class Conditions:
     - ``frame_index``: ``[batch]`` long, global index ``h`` of the window's last frame in the conversation.
     - ``speaker_mask``: ``[batch]`` bool or float; 1 = speaker conditions present, 0 = dropped
       (classifier-free guidance's unconditional input).
+    - ``history``: ``[batch, 58]`` the mean of the listener's frames from the conversation's start to the
+      window's start; ``None`` stands for the past window's mean (:attr:`listener_history`). One
+      previous window does not tell the listener's own level: a chain of windows conditioned on the
+      previous one only drifts across the levels of all listeners (:mod:`reactdiff.prior`).
     """
 
     speaker_face: Tensor
@@ -96,6 +101,7 @@ class Conditions:
     past: Tensor
     frame_index: Tensor
     speaker_mask: Tensor
+    history: Tensor | None = None
 
     @classmethod
     def create(
@@ -105,6 +111,7 @@ class Conditions:
         past: Tensor,
         frame_index: Tensor | int,
         speaker_mask: Tensor | None = None,
+        history: Tensor | None = None,
     ) -> Conditions:
         """Build conditions with ``speaker_mask`` all ones and ``frame_index`` broadcast to ``[batch]``."""
         batch, device = speaker_face.shape[0], speaker_face.device
@@ -113,14 +120,19 @@ class Conditions:
             index = index.expand(batch).clone()
         if speaker_mask is None:
             speaker_mask = torch.ones(batch, device=device)
-        return cls(speaker_face, speaker_audio, past, index, speaker_mask)
+        return cls(speaker_face, speaker_audio, past, index, speaker_mask, history)
 
     @property
     def batch_size(self) -> int:
         return self.speaker_face.shape[0]
 
+    @property
+    def listener_history(self) -> Tensor:
+        """``[batch, 58]``: ``history``, or the past window's mean when it is not given."""
+        return self.past.mean(dim=1) if self.history is None else self.history
+
     def _map(self, fn: Any) -> Conditions:
-        return Conditions(*(fn(getattr(self, f.name)) for f in fields(self)))
+        return Conditions(*(None if (v := getattr(self, f.name)) is None else fn(v) for f in fields(self)))
 
     def drop_speaker(self) -> Conditions:
         """The same batch with every row's speaker conditions dropped (``speaker_mask = 0``)."""
@@ -137,6 +149,11 @@ class Conditions:
         out = {}
         for f in fields(self):
             a, b = getattr(self, f.name), getattr(other, f.name)
+            if f.name == "history":
+                if a is None and b is None:
+                    out[f.name] = None
+                    continue
+                a, b = self.listener_history, other.listener_history
             if f.name == "speaker_mask" and a.dtype != b.dtype:
                 a, b = a.float(), b.float()
             out[f.name] = torch.cat([a, b], dim=0)
@@ -165,6 +182,7 @@ class Conditions:
             "past": (b, frames, coeff_dim),
             "frame_index": (b,),
             "speaker_mask": (b,),
+            "listener_history": (b, coeff_dim),
         }
         for name, shape in expected.items():
             got = tuple(getattr(self, name).shape)
@@ -470,20 +488,21 @@ class _SpeakerTokens(nn.Module):
 
 
 class _PastState(nn.Module):
-    """Initial LSTM state ``(h0, c0)`` ``[1, batch, hidden]`` from the previous listener window.
+    """Initial LSTM state ``(h0, c0)`` ``[1, batch, hidden]`` from the listener's past.
 
     The paper initialises the LSTMs' hidden state with the past listener frame (A.1). The map reads the
-    past window's last frame (the anchor of the frame-to-frame step into the current window) and its
+    past window's last frame (the anchor of the frame-to-frame step into the current window), its
     mean (the level against which the window-level velocity ``(x_i - x_{i-w}) / w`` is measured: its
-    average over ``i`` is ``(mean(current) - mean(past)) / w``).
+    average over ``i`` is ``(mean(current) - mean(past)) / w``) and the listener's mean since the
+    conversation began (``Conditions.history``: the level the listener returns to).
     """
 
     def __init__(self, coeff_dim: int, hidden: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(2 * coeff_dim, 2 * hidden)
+        self.proj = nn.Linear(3 * coeff_dim, 2 * hidden)
 
-    def forward(self, past: Tensor) -> tuple[Tensor, Tensor]:
-        summary = torch.cat([past[:, -1], past.mean(dim=1)], dim=1)
+    def forward(self, past: Tensor, history: Tensor) -> tuple[Tensor, Tensor]:
+        summary = torch.cat([past[:, -1], past.mean(dim=1), history], dim=1)
         h0, c0 = self.proj(summary).chunk(2, dim=1)
         # An LSTM's hidden state is o * tanh(c), so it lives in (-1, 1); the cell state is unbounded.
         return torch.tanh(h0)[None].contiguous(), c0[None].contiguous()
@@ -601,7 +620,7 @@ class ReactionUNet(nn.Module):
             keep = torch.zeros_like(keep)
         tokens = self.tokens(cond, keep) if self.tokens is not None else None
 
-        seq, _ = self.in_lstm(x_in, self.in_state(cond.past))  # [b, w, hidden]
+        seq, _ = self.in_lstm(x_in, self.in_state(cond.past, cond.listener_history))  # [b, w, hidden]
         h = self.conv_in(torch.cat([x_in, seq], dim=2).transpose(1, 2))  # [b, C, w]
 
         skips = []
@@ -628,7 +647,7 @@ class ReactionUNet(nn.Module):
                 h = self.upsample[i](h.repeat_interleave(2, dim=2))
 
         h = F.silu(self.out_norm(h)).transpose(1, 2)  # [b, w, C]
-        seq, _ = self.out_lstm(h, self.out_state(cond.past))
+        seq, _ = self.out_lstm(h, self.out_state(cond.past, cond.listener_history))
         return self.head(torch.cat([h, seq], dim=2))
 
 
@@ -693,10 +712,13 @@ class Denoiser(nn.Module):
         c_in = torch.rsqrt(sigma**2 + self.prior.variance)[:, None, None]
         out = self.network(x * c_in, _noise_conditioning(sigma), cond).to(x.dtype)
         past = None if cond is None else cond.past
+        history = None if cond is None else cond.listener_history
         # The prior's products are precise linear algebra (a Wiener filter, a Cholesky factor): under
         # mixed precision they would round the skip path by more than the lowest noise levels.
         with torch.autocast(x.device.type, enabled=False):
-            return self.prior.skip(x, sigma, past) + self.prior.scale_output(out.float(), sigma).to(x.dtype)
+            return self.prior.skip(x, sigma, past, history) + self.prior.scale_output(out.float(), sigma).to(
+                x.dtype
+            )
 
 
 def _noise_conditioning(sigma: Tensor) -> Tensor:

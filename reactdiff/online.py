@@ -221,6 +221,8 @@ class OnlineReactionGenerator:
             .expand(streams, m, 2 * w, -1)
             .reshape(streams * m, 2 * w, layout.N_COEFFS)
         )
+        # Sum of every generated model-space frame of each row: the listener's mean so far.
+        self._generated_sum = torch.zeros(streams * m, layout.N_COEFFS, device=self.device)
         # Normalised speaker inputs of the last (up to) H + w frames: the network's speaker context, and
         # the frames that windows overlapping earlier ones need.
         self._speaker_face = torch.zeros(streams, 0, layout.N_COEFFS, device=self.device)
@@ -330,12 +332,20 @@ class OnlineReactionGenerator:
         window_audio = _left_pad(torch.cat([self._speaker_audio, audio_t], dim=1)[:, -context:], context)
         past = self._listener[:, k : k + w]
         h = self._frame + k - 1
+        # The listener's mean over frames [0, start) of the window (as in training: the past's mean
+        # when the window starts at or before the conversation's first frame).
+        start = self._frame + k - w
+        if start > 0:
+            overlap = self._listener[:, 2 * w - (w - k) :].sum(dim=1) if k < w else 0
+            history = (self._generated_sum - overlap) / start
+        else:
+            history = past.mean(dim=1)
 
         # The M samples of a stream share its speaker rows and differ in their past.
         def per_row(x: torch.Tensor) -> torch.Tensor:
             return x[:, None].expand(streams, m, *x.shape[1:]).reshape(streams * m, *x.shape[1:])
 
-        cond = Conditions.create(per_row(window_face), per_row(window_audio), past, h)
+        cond = Conditions.create(per_row(window_face), per_row(window_audio), past, h, history=history)
         with torch.inference_mode():
             x = sample(
                 self.denoiser,
@@ -354,6 +364,7 @@ class OnlineReactionGenerator:
             expression = new[..., : layout.N_EXPRESSION].clamp(self._expression_low, self._expression_high)
             new = torch.cat([expression, new[..., layout.N_EXPRESSION :]], dim=-1)
         self._listener = torch.cat([self._listener, new], dim=1)[:, -2 * w :]
+        self._generated_sum = self._generated_sum + new.sum(dim=1)
         self._speaker_face = window_face
         self._speaker_audio = window_audio
         self._frame += k

@@ -152,6 +152,9 @@ class WindowBatch:
     speaker_audio: np.ndarray  # [B, H + w, A]
     frame_index: np.ndarray  # [B] int64: global index h of the window's last frame
     example: np.ndarray  # [B] int32
+    # [B, 58] mean of the listener's frames from the conversation's start to the window's start (the
+    # past's mean when there are none): the listener's own level, which one previous window cannot tell
+    history: np.ndarray | None = None
 
 
 class WindowDataset:
@@ -181,6 +184,10 @@ class WindowDataset:
         self.start_row = index.column("start_row").to_numpy()
         self.h = index.column("h").to_numpy().astype(np.int64)
         self.sessions = index.column("session").to_numpy(zero_copy_only=False)
+        # Running sums of the listener frames, row r holding the sum over rows < r (float64: a whole
+        # split's sum must not round away the mean of a few frames).
+        self._listener_sums = np.zeros((len(self.listener) + 1, self.listener.shape[1]))
+        np.cumsum(self.listener, axis=0, dtype=np.float64, out=self._listener_sums[1:])
 
     def __len__(self) -> int:
         return len(self.start_row)
@@ -189,10 +196,24 @@ class WindowDataset:
     def audio_dim(self) -> int:
         return int(self.speaker_audio.shape[1])
 
-    def batch(self, indices: np.ndarray) -> WindowBatch:
+    def frames_before(self, indices: np.ndarray) -> np.ndarray:
+        """``[B]`` int64: listener frames of the conversation before window ``i`` (its history's count)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return self.start_row[indices] - self.first_row[indices]
+
+    def has_previous(self, indices: np.ndarray) -> np.ndarray:
+        """``[B]`` bool: whether window ``i`` has a whole window before it in its conversation."""
+        return self.frames_before(indices) >= self.w
+
+    def batch(self, indices: np.ndarray, windows_back: int = 0) -> WindowBatch:
+        """Windows ``indices``; with ``windows_back = k`` the windows ``k * w`` frames before them instead
+        (the conditions a rollout of the previous window needs; see :meth:`has_previous`)."""
         indices = np.asarray(indices, dtype=np.int64)
         offsets = np.arange(self.w, dtype=np.int64)
-        rows = self.start_row[indices, None] + offsets  # [B, w]
+        start = self.start_row[indices] - windows_back * self.w
+        if np.any(start < self.first_row[indices]):
+            raise ValueError(f"a window {windows_back} windows back starts before its conversation")
+        rows = start[:, None] + offsets  # [B, w]
         past_rows = rows - self.w
         first = self.first_row[indices, None]
         before_start = past_rows < first
@@ -202,13 +223,17 @@ class WindowDataset:
         # The speaker frames before the window; before the conversation starts, its first frame (as the
         # live generator is fed before it has seen more).
         history = np.arange(-self.speaker_history, self.w, dtype=np.int64)
-        speaker_rows = np.maximum(self.start_row[indices, None] + history, first)
+        speaker_rows = np.maximum(start[:, None] + history, first)
+        count = (start - self.first_row[indices])[:, None]
+        total = self._listener_sums[start] - self._listener_sums[self.first_row[indices]]
+        history = np.where(count > 0, total / np.maximum(count, 1), past.mean(axis=1)).astype(np.float32)
         return WindowBatch(
             listener=self.listener[rows],
             past=past,
+            history=history,
             speaker_face=self.speaker_face[speaker_rows],
             speaker_audio=self.speaker_audio[speaker_rows],
-            frame_index=self.h[indices],
+            frame_index=self.h[indices] - windows_back * self.w,
             example=self.example[indices],
         )
 

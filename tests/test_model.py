@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -129,6 +130,13 @@ def test_conditions_helpers() -> None:
     assert a.to("cpu").speaker_face.device.type == "cpu"
     mixed = a.cat(b.with_speaker_mask(torch.zeros(3, dtype=torch.bool)))
     assert mixed.speaker_mask.dtype == torch.float32 and mixed.speaker_mask.tolist() == [1, 1, 0, 0, 0]
+    # No history given: the past window's mean stands for it, and stays None through the helpers.
+    torch.testing.assert_close(a.listener_history, a.past.mean(dim=1))
+    assert a.history is None and a.index(1).history is None and both.history is None
+    given = dataclasses.replace(b, history=torch.randn(3, 58))
+    joined = a.cat(given)
+    torch.testing.assert_close(joined.history, torch.cat([a.past.mean(dim=1), given.history]))
+    assert torch.equal(given.repeat_interleave(2).history[1], given.history[0])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,6 +303,20 @@ def test_past_window_changes_output() -> None:
     )
     with torch.no_grad():
         assert (d(x, sigma, cond) - d(x, sigma, other)).abs().max() > 1e-3
+
+
+def test_listener_history_changes_output() -> None:
+    d = demo()
+    cond = make_cond(2)
+    x, sigma = torch.randn(2, W, 58), torch.ones(2)
+    other = dataclasses.replace(cond, history=cond.past.mean(dim=1) + 1)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            d(x, sigma, cond), d(x, sigma, dataclasses.replace(cond, history=cond.past.mean(dim=1)))
+        )
+        assert (d(x, sigma, cond) - d(x, sigma, other)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="listener_history has shape"):
+        d(x, sigma, dataclasses.replace(cond, history=torch.zeros(2, 5)))
 
 
 def test_rows_are_independent_and_deterministic() -> None:

@@ -83,6 +83,7 @@ class Recording:
         self.past: list[Tensor] = []
         self.audio: list[Tensor] = []
         self.face: list[Tensor] = []
+        self.history: list[Tensor] = []
         if hasattr(inner, "config"):
             self.config = inner.config
 
@@ -92,6 +93,7 @@ class Recording:
         self.frame_index.append(cond.frame_index.clone())
         self.past.append(cond.past.clone())
         self.audio.append(cond.speaker_audio.clone())
+        self.history.append(cond.listener_history.clone())
         return self.inner(x, sigma, cond)
 
 
@@ -168,6 +170,26 @@ def test_end_aligned_window_past_comes_from_generated_frames(stats):
     c = np.asarray(offsets, np.float32)[:, None, None]
     for lo, hi, level in [(0, 16, 1), (16, 32, 2), (32, 40, 3)]:
         np.testing.assert_allclose(out[:, lo:hi], np.broadcast_to(level * c, out[:, lo:hi].shape), atol=1e-5)
+
+
+def test_history_is_the_mean_of_the_generated_frames_before_the_window(stats):
+    # Row m's k-th window is the start plus k offsets (PastPlusOffset), so the listener's mean over the
+    # frames before window k is start + offset * (1 + ... + k - 1) / (k - 1); the first window has no
+    # generated frames before it and sees its past's mean, the start. T = 40 ends with the window
+    # [24, 40), whose history is the mean of frames [0, 24): 16 frames at one offset, 8 at two.
+    offsets = [0.2, -0.1]
+    rec = Recording(PastPlusOffset(offsets))
+    gen = Unclipped(rec, stats, samples=2, steps=1)
+    start = stats.face_mean + 0.5 * stats.face_std
+    gen.reset(start)
+    start_model = torch.from_numpy(stats.normalise_face(start))
+    c = torch.tensor(offsets)[:, None]
+    face, feats = speaker(40)
+    generate_clip(gen, face, feats, start)
+    expected = [start_model + 0 * c, start_model + 1 * c, start_model + (16 * 1 + 8 * 2) / 24 * c]
+    assert len(rec.history) == 3
+    for seen, want in zip(rec.history, expected, strict=True):
+        torch.testing.assert_close(seen, want.expand_as(seen).float(), atol=1e-5, rtol=1e-5)
 
 
 def test_frame_index_batch_and_past_passed_to_the_denoiser(denoiser, stats):

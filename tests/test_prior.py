@@ -150,3 +150,48 @@ def test_skip_path_keeps_full_precision_under_mixed_precision() -> None:
     assert mixed.dtype == torch.float32
     torch.testing.assert_close(mixed, plain, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(plain, prior.skip(x, sigma, cond.past))
+
+
+def test_fit_regresses_each_axis_on_its_past_and_the_history() -> None:
+    # Windows whose level follows a per-sequence history plus an AR term: the fitted gains are the least
+    # squares coefficients of each axis's window on [its previous window, the history], computed here
+    # directly, and the covariance left is that of the residuals.
+    g = torch.Generator().manual_seed(6)
+    n = 4000
+    history = torch.randn(n, D, generator=g, dtype=torch.float64)
+    past = history[:, None] + 0.5 * torch.randn(n, W, D, generator=g, dtype=torch.float64)
+    windows = (
+        0.6 * history[:, None]
+        + 0.3 * past.flip(1)
+        + 0.2 * torch.randn(n, W, D, generator=g, dtype=torch.float64)
+    )
+    prior = WindowPrior.fit(windows, past=past, history=history)
+    mean, basis = prior.mean, prior.basis
+    axes = lambda t: (t - mean) @ basis  # noqa: E731
+    x, p, h = axes(windows), axes(past), axes(history)
+    for d in range(D):
+        regressors = torch.cat([p[:, :, d], h[:, d : d + 1]], dim=1)  # [n, W + 1]
+        coef = torch.linalg.lstsq(regressors, x[:, :, d]).solution  # [W + 1, W]
+        torch.testing.assert_close(prior.past_gain[d], coef[:W].T, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(prior.history_gain[d], coef[W], atol=1e-4, rtol=1e-4)
+        residual = x[:, :, d] - regressors @ coef
+        cov = prior.eigvecs[d] @ torch.diag(prior.eigvals[d]) @ prior.eigvecs[d].T
+        torch.testing.assert_close(cov, residual.T @ residual / n, atol=1e-4, rtol=1e-3)
+    assert prior.history_gain.abs().max() > 0.1  # the history carries the level
+    # The prediction uses both.
+    expected = (
+        prior._temporal(prior.past_gain[None], p) + h[:, None] * prior.history_gain.T
+    ) @ basis.T + mean
+    torch.testing.assert_close(prior.predict(past, history), expected)
+
+
+def test_a_prior_saved_without_history_loads_and_ignores_it() -> None:
+    prior = random_prior(7)
+    state = {k: v for k, v in prior.state_dict().items() if k != "history_gain"}
+    loaded = WindowPrior(W, D)
+    loaded.load_state_dict(state)
+    assert torch.equal(loaded.history_gain, torch.zeros(D, W, dtype=torch.float64))
+    past = torch.randn(2, W, D, dtype=torch.float64)
+    torch.testing.assert_close(
+        loaded.predict(past, torch.randn(2, D, dtype=torch.float64)), loaded.predict(past)
+    )

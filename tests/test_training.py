@@ -24,6 +24,7 @@ from reactdiff.features import (
 )
 from reactdiff.losses import LossConfig
 from reactdiff.model import build_denoiser
+from reactdiff.samplers import sample
 from reactdiff.training import (
     EMA,
     TrainConfig,
@@ -31,6 +32,7 @@ from reactdiff.training import (
     config_fingerprint,
     load_checkpoint,
     load_denoiser,
+    rollout_past,
     save_checkpoint,
     to_model_inputs,
     train,
@@ -401,6 +403,63 @@ def test_two_process_ddp_on_cpu(tmp_path, windows_dir):
     assert "train: step 4/4" in proc.stdout and proc.stdout.count("train: step 4/4 loss") == 1
 
 
+def test_rollout_rows_see_the_previous_window_as_the_model_samples_it(data):
+    torch.manual_seed(0)
+    denoiser = build_denoiser("demo", A, prior=training.fit_prior(data), frames=W).eval()
+    indices = np.arange(len(data))
+    x0, cond = to_model_inputs(data.batch(indices), "cpu")
+    cfg = _cfg(rollout_prob=0.6, rollout_steps=2)
+    target, swapped = rollout_past(denoiser, data, indices, x0, cond, cfg, torch.Generator().manual_seed(5))
+    # By hand: the documented draws (the pick, then the sampler's), the previous windows' conditions.
+    g = torch.Generator().manual_seed(5)
+    picked = (torch.rand(len(indices), generator=g).numpy() < 0.6) & data.has_previous(indices)
+    assert 0 < picked.sum() < data.has_previous(indices).sum()
+    _, previous = to_model_inputs(data.batch(indices[picked], windows_back=1), "cpu")
+    with torch.no_grad():
+        generated = sample(denoiser, (int(picked.sum()), W, 58), previous, steps=2, solver="ode", generator=g)
+    torch.testing.assert_close(swapped.past[picked], generated)
+    # The history (the mean of the frames before the window) counts the generated past, not the real.
+    frames = torch.from_numpy(data.frames_before(indices[picked])).float()[:, None]
+    history = cond.history[picked] + (generated.sum(dim=1) - cond.past[picked].sum(dim=1)) / frames
+    torch.testing.assert_close(swapped.history[picked], history)
+    assert torch.equal(swapped.history[~picked], cond.history[~picked])
+    assert torch.equal(swapped.past[~picked], cond.past[~picked]) and torch.equal(
+        target[~picked], x0[~picked]
+    )
+    for name in ("speaker_face", "speaker_audio", "frame_index", "speaker_mask"):
+        assert torch.equal(getattr(swapped, name), getattr(cond, name))
+    # The target eases from the generated past into the real window: the gap between the pasts' last
+    # frames, weighted (1 + cos(pi (t + 1) / W)) / 2 at frame t: 0.99 of it at frame 0, none at the end.
+    gap = generated[:, -1] - cond.past[picked, -1]
+    offset = target[picked] - x0[picked]
+    for t, weight in [(0, (1 + np.cos(np.pi / W)) / 2), (W // 2 - 1, 0.5), (W - 1, 0.0)]:
+        torch.testing.assert_close(offset[:, t], gap * weight, atol=1e-6, rtol=1e-5)
+    # Continuous at the boundary: the target's first step out of the generated past is the real first
+    # step out of the real past, up to the ease's own (small) slope.
+    real_step = x0[picked, 0] - cond.past[picked, -1]
+    eased_step = target[picked, 0] - generated[:, -1]
+    torch.testing.assert_close(
+        eased_step, real_step + gap * ((1 + np.cos(np.pi / W)) / 2 - 1), atol=1e-6, rtol=1e-5
+    )
+    # Nothing to roll out: the inputs come back unchanged.
+    same_x0, same = rollout_past(denoiser, data, indices, x0, cond, _cfg(rollout_prob=0.0), torch.Generator())
+    assert same is cond and same_x0 is x0
+
+
+def test_resume_with_rollouts_equals_uninterrupted(tmp_path, data):
+    cfg = _cfg(steps=6, rollout_prob=0.5, rollout_start=2, rollout_steps=2, checkpoint_every=3)
+    train(cfg, data, None, tmp_path / "straight.pt")
+    train(replace(cfg, steps=3), data, None, tmp_path / "resumed.pt")
+    train(cfg, data, None, tmp_path / "resumed.pt", resume=True)
+    a, b = load_checkpoint(tmp_path / "straight.pt"), load_checkpoint(tmp_path / "resumed.pt")
+    for name, tensor in a["ema"].items():
+        assert torch.equal(tensor, b["ema"][name]), name
+    # The rollouts changed the run: without them the weights differ.
+    train(replace(cfg, rollout_prob=0.0), data, None, tmp_path / "plain.pt")
+    plain = load_checkpoint(tmp_path / "plain.pt")
+    assert any(not torch.equal(t, plain["ema"][n]) for n, t in a["ema"].items())
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="frames"):
         TrainConfig(model_overrides={"frames": 32})
@@ -408,6 +467,10 @@ def test_config_validation():
         TrainConfig(amp_dtype="fp8")
     with pytest.raises(ValueError, match="preconditioning must be one of"):
         TrainConfig(preconditioning="karras")
+    with pytest.raises(ValueError, match="rollout_prob"):
+        TrainConfig(rollout_prob=1.5)
+    with pytest.raises(ValueError, match="rollout_steps"):
+        TrainConfig(rollout_steps=0)
     cfg = TrainConfig(betas=[0.9, 0.99], loss={"use_fbk": False})
     assert cfg.betas == (0.9, 0.99) and isinstance(cfg.loss, LossConfig) and not cfg.loss.use_fbk
 

@@ -106,6 +106,50 @@ def test_speaker_history_prepends_the_frames_before_the_window(features_dir, tmp
         WindowDataset(tmp_path / "w" / "train", speaker_history=-1)
 
 
+def test_previous_window_is_the_window_w_frames_earlier(features_dir, tmp_path):
+    stats = NormStats(
+        np.zeros(58, np.float32),
+        np.full(58, SIGMA_DATA, np.float32),
+        np.zeros(A, np.float32),
+        np.ones(A, np.float32),
+    )
+    w, history = 16, 6
+    write_split_windows(build_split_windows(features_dir, stats, w=w, stride=4), tmp_path / "w" / "train")
+    ds = WindowDataset(tmp_path / "w" / "train", speaker_history=history)
+    everything = np.arange(len(ds))
+    has = ds.has_previous(everything)
+    assert has.any() and not has.all()  # the first windows of each conversation have none
+    assert np.array_equal(has, ds.start_row - w >= ds.first_row)
+    earlier = ds.batch(everything[has], windows_back=1)
+    # The window w frames earlier is itself a training window (stride divides w): every field matches it.
+    by_start = {int(s): i for i, s in enumerate(ds.start_row)}
+    same = ds.batch(np.array([by_start[int(s) - w] for s in ds.start_row[has]]))
+    for field in ("listener", "past", "speaker_face", "speaker_audio", "frame_index", "example"):
+        assert np.array_equal(getattr(earlier, field), getattr(same, field)), field
+    assert np.array_equal(earlier.listener, ds.batch(everything[has]).past)
+    with pytest.raises(ValueError, match="starts before its conversation"):
+        ds.batch(everything[~has][:1], windows_back=1)
+
+
+def test_history_is_the_listeners_mean_before_the_window(features_dir, tmp_path):
+    stats = NormStats(
+        np.zeros(58, np.float32),
+        np.full(58, SIGMA_DATA, np.float32),
+        np.zeros(A, np.float32),
+        np.ones(A, np.float32),
+    )
+    w = 16
+    write_split_windows(build_split_windows(features_dir, stats, w=w, stride=4), tmp_path / "w" / "train")
+    ds = WindowDataset(tmp_path / "w" / "train")
+    batch = ds.batch(np.arange(len(ds)))
+    for i in range(len(ds)):
+        first, start = ds.first_row[i], ds.start_row[i]
+        # By hand: the listener frames from the conversation's first row up to the window's start.
+        want = ds.listener[first:start].mean(axis=0) if start > first else batch.past[i].mean(axis=0)
+        np.testing.assert_allclose(batch.history[i], want, rtol=1e-5, atol=1e-5)
+    assert (ds.start_row > ds.first_row).any() and (ds.start_row == ds.first_row).any()
+
+
 def test_windows_are_normalised_with_train_stats(features_dir):
     stats = NormStats(
         np.full(58, 1000, np.float32),
