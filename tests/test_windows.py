@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -86,12 +88,17 @@ def test_windows_gather_the_right_frames(features_dir, tmp_path, initial_past):
         assert batch.speaker_face[i, :, 0].max() <= speaker_offset + h
 
 
-def test_speaker_history_prepends_the_frames_before_the_window(features_dir, tmp_path):
+def _scaled_windows(features_dir: Path, out: Path, w: int, speaker_history: int = 0) -> WindowDataset:
+    """Windows (stride 4) whose normalisation only rescales the face by ``SIGMA_DATA``."""
     face_std = np.full(58, SIGMA_DATA, np.float32)
     stats = NormStats(np.zeros(58, np.float32), face_std, np.zeros(A, np.float32), np.ones(A, np.float32))
+    write_split_windows(build_split_windows(features_dir, stats, w=w, stride=4), out)
+    return WindowDataset(out, speaker_history=speaker_history)
+
+
+def test_speaker_history_prepends_the_frames_before_the_window(features_dir, tmp_path):
     w, history = 16, 10
-    write_split_windows(build_split_windows(features_dir, stats, w=w, stride=4), tmp_path / "w" / "train")
-    ds = WindowDataset(tmp_path / "w" / "train", speaker_history=history)
+    ds = _scaled_windows(features_dir, tmp_path / "w" / "train", w, speaker_history=history)
     batch = ds.batch(np.arange(len(ds)))
     assert batch.speaker_face.shape == (len(ds), history + w, 58)
     assert batch.speaker_audio.shape == (len(ds), history + w, A)
@@ -107,15 +114,8 @@ def test_speaker_history_prepends_the_frames_before_the_window(features_dir, tmp
 
 
 def test_previous_window_is_the_window_w_frames_earlier(features_dir, tmp_path):
-    stats = NormStats(
-        np.zeros(58, np.float32),
-        np.full(58, SIGMA_DATA, np.float32),
-        np.zeros(A, np.float32),
-        np.ones(A, np.float32),
-    )
-    w, history = 16, 6
-    write_split_windows(build_split_windows(features_dir, stats, w=w, stride=4), tmp_path / "w" / "train")
-    ds = WindowDataset(tmp_path / "w" / "train", speaker_history=history)
+    w = 16
+    ds = _scaled_windows(features_dir, tmp_path / "w" / "train", w, speaker_history=6)
     everything = np.arange(len(ds))
     has = ds.has_previous(everything)
     assert has.any() and not has.all()  # the first windows of each conversation have none
@@ -132,15 +132,7 @@ def test_previous_window_is_the_window_w_frames_earlier(features_dir, tmp_path):
 
 
 def test_history_is_the_listeners_mean_before_the_window(features_dir, tmp_path):
-    stats = NormStats(
-        np.zeros(58, np.float32),
-        np.full(58, SIGMA_DATA, np.float32),
-        np.zeros(A, np.float32),
-        np.ones(A, np.float32),
-    )
-    w = 16
-    write_split_windows(build_split_windows(features_dir, stats, w=w, stride=4), tmp_path / "w" / "train")
-    ds = WindowDataset(tmp_path / "w" / "train")
+    ds = _scaled_windows(features_dir, tmp_path / "w" / "train", 16)
     batch = ds.batch(np.arange(len(ds)))
     for i in range(len(ds)):
         first, start = ds.first_row[i], ds.start_row[i]
