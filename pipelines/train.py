@@ -45,6 +45,7 @@ def train_config(params: Params) -> TrainConfig:
             "use_speaker_face": params.model.use_speaker_face,
             "use_speaker_audio": params.model.use_speaker_audio,
             "speaker_history": params.model.speaker_history,
+            "speaker_delays": params.model.speaker_delays,
         },
         preconditioning=t.preconditioning,
         steps=t.steps,

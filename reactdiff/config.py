@@ -79,6 +79,7 @@ class ModelParams(_Section):
     """Speaker modalities (Table 3)."""
     use_speaker_audio: bool = True
     speaker_history: int = Field(default=0, ge=0)
+    speaker_delays: int = Field(default=0, ge=0)
     """Speaker frames before the window the network also attends to (causally); 0 = the paper's eq. 1-2
     (the window's speaker only). Listeners react 0.3-1 s late, so the window alone misses the causes
     of its first frames' reactions."""

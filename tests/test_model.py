@@ -103,6 +103,8 @@ def test_config_validation_and_round_trip() -> None:
         network_config("huge")
     with pytest.raises(ValueError, match="attn_levels"):
         NetworkConfig(channel_mults=(1, 2), attn_levels=(2,))
+    with pytest.raises(ValueError, match="speaker_delays"):
+        NetworkConfig(speaker_delays=-1)
     cfg = network_config("demo", audio_dim=AUDIO, use_frame_index=False)
     assert NetworkConfig(**cfg.to_dict()) == cfg  # lists from YAML/JSON come back as tuples
     assert set(PRESETS) >= {"demo", "paper"}
@@ -198,8 +200,14 @@ THREE_LEVELS = dict(channel_mults=(1, 2, 2), res_blocks=2, attn_levels=(0, 1, 2)
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, THREE_LEVELS, dict(speaker_history=8), dict(THREE_LEVELS, speaker_history=5)],
-    ids=["demo", "three-levels", "history", "three-levels-history"],
+    [
+        {},
+        THREE_LEVELS,
+        dict(speaker_history=8),
+        dict(THREE_LEVELS, speaker_history=5),
+        dict(speaker_history=8, speaker_delays=9),
+    ],
+    ids=["demo", "three-levels", "history", "three-levels-history", "history-delays"],
 )
 def test_speaker_causality_is_exact(overrides: dict) -> None:
     d = demo(**overrides)
@@ -233,6 +241,21 @@ def test_speaker_causality_is_exact(overrides: dict) -> None:
         assert moved.abs().max().item() > 1e-3
         with pytest.raises(ValueError, match="speaker frames before the window"):
             d(x, sigma, make_cond(3))
+
+
+def test_speaker_delay_line_starts_as_the_plain_tokens() -> None:
+    # Zero-initialised, the delay line adds nothing: training starts from the paper's network.
+    plain = demo(speaker_history=4)
+    delayed = build_denoiser("demo", AUDIO, speaker_history=4, speaker_delays=5).eval()
+    missing, unexpected = delayed.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["network.tokens.delays.bias", "network.tokens.delays.weight"]
+    assert unexpected == []
+    cond = make_cond(3, history=4)
+    x, sigma = torch.randn(3, W, 58), torch.tensor([0.1, 1.0, 10.0])
+    with torch.no_grad():
+        assert torch.equal(delayed(x, sigma, cond), plain(x, sigma, cond))
+        delayed.network.tokens.delays.weight.fill_(0.1)
+        assert not torch.allclose(delayed(x, sigma, cond), plain(x, sigma, cond))
 
 
 def test_dropped_speaker_output_ignores_speaker_inputs() -> None:
@@ -355,8 +378,9 @@ def test_fresh_network_starts_at_the_skip_path() -> None:
         dict(use_frame_index=False),
         dict(use_speaker_face=False, use_speaker_audio=False),
         dict(attn_levels=()),
+        dict(speaker_delays=5),
     ],
-    ids=["demo", "no-frame-index", "no-speaker", "no-attention"],
+    ids=["demo", "no-frame-index", "no-speaker", "no-attention", "delays"],
 )
 def test_every_parameter_is_used(overrides: dict) -> None:
     # Distributed data parallel training fails on parameters that never receive a gradient.
