@@ -1,5 +1,6 @@
-"""DVC stage ``baselines``: the paper's reference rows (GT, Mirror, Random, NN motion, NN audio) and
-Appropriate real (``M`` real reactions of each clip's appropriate set: the FRDiv of real variety).
+"""DVC stage ``baselines``: the paper's reference rows (GT, Mirror, Random, NN motion, NN audio), NN motion
+(causal) (keyed on the speaker frames the model may see: the fair reference for FRSyn) and Appropriate
+real (``M`` real reactions of each clip's appropriate set: the FRDiv of real variety).
 
 They depend on the data and the split only, not on the model, so they are their own stage: DVC
 computes them once and every experiment's ``evaluate`` reuses them. Scored with the learned realism

@@ -24,7 +24,9 @@ FD_WINDOW = 50  # frames per realism window (2 s), for every FD of a table
 METRIC_ORDER = (
     "FRCorr", "FRDist", "FRDiv", "FRDvs", "FRVar", "FRSyn", "FD_stats", "FD_dynamics", "FD_learned", "Jitter",
 )  # fmt: skip
-BASELINE_ORDER = ("GT", "Mirror", "Random", "NN motion", "NN audio", "Appropriate real")  # table rows
+BASELINE_ORDER = (  # table rows: the paper's Table 1, then the references it lacks
+    "GT", "Mirror", "Random", "NN motion", "NN audio", "NN motion (causal)", "Appropriate real",
+)  # fmt: skip
 HIGHER_IS_BETTER = {
     "FRCorr": True,
     "FRDist": False,
@@ -96,14 +98,16 @@ def generated_reactions(samples_path: Path, split: SplitArrays) -> np.ndarray:
 def baseline_reactions(
     test: SplitArrays, train: SplitArrays, samples: int, seed: int, segment: int = 16
 ) -> dict[str, np.ndarray]:
-    """The paper's Table 1 baselines and the Appropriate real reference, ``{name: P [N, M, T, 58]}``.
+    """The paper's Table 1 baselines and two references, ``{name: P [N, M, T, 58]}``.
 
     GT and Mirror repeat one sequence ``M`` times (FRDiv 0 by construction, as in the paper); Random
     draws ``M`` independent Gaussian sequences with the train listener statistics; the nearest-neighbour
     baselines return, per ``segment`` frames, the train listener segment whose speaker segment (face
-    coefficients, or audio features) is nearest. Appropriate real (not in the paper) draws ``M`` of the
-    test split's real reactions in each clip's ``A(k)`` (``test.neighbours``, the sets the metrics use),
-    distinct while ``|A(k)| >= M``: the FRDiv of real variety, which a model's FRDiv should reach.
+    coefficients, or audio features) is nearest. Not in the paper: NN motion (causal) keys each segment
+    on the speaker frames up to its first frame, the ones the model may see; Appropriate real draws
+    ``M`` of the test split's real reactions in each clip's ``A(k)`` (``test.neighbours``, the sets the
+    metrics use), distinct while ``|A(k)| >= M``: the FRDiv of real variety, which a model's FRDiv
+    should reach.
     Names in :data:`BASELINE_ORDER`.
     """
     if test.neighbours is None:
@@ -117,6 +121,9 @@ def baseline_reactions(
     nn_motion = baselines.nearest_neighbour(
         test.speaker[:, :t], train.speaker[:, :t], train.listener[:, :t], segment=segment
     )
+    nn_motion_causal = baselines.nearest_neighbour(
+        test.speaker[:, :t], train.speaker[:, :t], train.listener[:, :t], segment=segment, causal=True
+    )
     nn_audio = baselines.nearest_neighbour(
         test.speaker_audio[:, :t], train.speaker_audio[:, :t], train.listener[:, :t], segment=segment,
         standardise=True,
@@ -127,6 +134,7 @@ def baseline_reactions(
         "Random": baselines.random_gaussian(mean, std, shape, seed=seed),
         "NN motion": baselines.repeat_samples(_pad_frames(nn_motion, test.frames), samples),
         "NN audio": baselines.repeat_samples(_pad_frames(nn_audio, test.frames), samples),
+        "NN motion (causal)": baselines.repeat_samples(_pad_frames(nn_motion_causal, test.frames), samples),
         "Appropriate real": baselines.appropriate_real(test.listener, test.neighbours, samples, seed=seed),
     }
 

@@ -81,6 +81,43 @@ def test_nearest_neighbour_returns_the_listener_segment_of_the_exact_match():
     np.testing.assert_array_equal(nearest_neighbour(query, keys, listener, seg, hop=5)[0], listener[2, 5:15])
 
 
+def test_causal_nearest_neighbour_keys_each_segment_on_the_frames_ending_at_its_start():
+    rng = np.random.default_rng(4)
+    K, T, F, D, seg = 5, 40, 4, 6, 10
+    keys = rng.normal(size=(K, T, F))
+    listener = rng.normal(size=(K, T, D))
+    # the database pairs speaker frames [u - 9, u] with listener frames [u, u + 10), u = 0, 10, 20, 30
+    # (frames before 0 repeat frame 0). Query segment [10, 20) is keyed on query frames 1..10: make them
+    # clip 2's frames 11..20, so it takes clip 2's listener frames 20..29.
+    query = rng.normal(size=(1, T, F))
+    query[0, 1:11] = keys[2, 11:21]
+    out = nearest_neighbour(query, keys, listener, segment=seg, causal=True)
+    np.testing.assert_array_equal(out[0, 10:20], listener[2, 20:30])
+    # segment 0 sees query frame 0 only (repeated): equal to clip 3's frame 0 it takes clip 3's first segment
+    query[0, 0] = keys[3, 0]
+    out = nearest_neighbour(query, keys, listener, seg, causal=True)
+    np.testing.assert_array_equal(out[0, :10], listener[3, :10])
+
+
+def test_causal_nearest_neighbour_never_reads_a_later_query_frame():
+    rng = np.random.default_rng(5)
+    keys, listener = rng.normal(size=(6, 48, 3)), rng.normal(size=(6, 48, 2))
+    query = rng.normal(size=(2, 48, 3))
+    causal = nearest_neighbour(query, keys, listener, segment=8, causal=True)
+    plain = nearest_neighbour(query, keys, listener, segment=8)
+    for t in (0, 7, 8, 23, 40):
+        changed = query.copy()
+        changed[:, t + 1 :] = rng.normal(size=changed[:, t + 1 :].shape)
+        np.testing.assert_array_equal(
+            nearest_neighbour(changed, keys, listener, segment=8, causal=True)[:, : t + 1], causal[:, : t + 1]
+        )
+    # the paper's baseline does read ahead: query frames 9..15 made clip c's pull frame 8 to clip c's
+    c = next(c for c in range(6) if not np.array_equal(plain[0, 8], listener[c, 8]))
+    changed = query.copy()
+    changed[0, 9:16] = keys[c, 9:16]
+    np.testing.assert_array_equal(nearest_neighbour(changed, keys, listener, segment=8)[0, 8], listener[c, 8])
+
+
 def test_nearest_neighbour_standardise_weighs_features_equally():
     # feature 0 has a huge scale; without standardising it alone decides the neighbour
     keys = np.zeros((2, 4, 2))

@@ -15,6 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from reactdiff.evaluation import BASELINE_ORDER
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = [
     "make_sample",
@@ -108,7 +110,7 @@ def test_dvc_repro_runs_every_stage(project):
     assert "FD_learned" in evaluation["all"] and "Jitter" in evaluation["all"]
     assert (dest / "models_realism" / "encoder.pt").stat().st_size > 0
     baselines = json.loads((dest / "metrics" / "baselines.json").read_text())
-    assert set(baselines) == {"GT", "Mirror", "Random", "NN motion", "NN audio", "Appropriate real"}
+    assert set(baselines) == set(BASELINE_ORDER)
     assert baselines["Appropriate real"]["all"]["FRDiv"] > 0  # M = 2 of the test clips' appropriate sets
     report = (dest / "reports" / "evaluate.md").read_text()
     assert "| ReactDiff |" in report and "| Appropriate real |" in report
