@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import io as stdio
+import io
 import json
 import os
 import subprocess
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import tracking
-from reactdiff import io
+from reactdiff import atomic
 from reactdiff.ablations import (
     ABLATION_KEYS,
     AblationTable,
@@ -249,7 +249,7 @@ def record_variant(
     curve = files["plots/train_loss.csv"]
     if curve:
         now = int(time.time() * 1000)
-        for row in csv.DictReader(stdio.StringIO(curve)):
+        for row in csv.DictReader(io.StringIO(curve)):
             step = int(float(row["step"]))
             values = {
                 f"train.curve.{k}": float(v) for k, v in row.items() if k != "step" and v not in ("", None)
@@ -278,7 +278,7 @@ def _plot_curve(curve_csv: str, out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    frame = pd.read_csv(stdio.StringIO(curve_csv))
+    frame = pd.read_csv(io.StringIO(curve_csv))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for column in frame.columns.drop("step"):
         series = frame[["step", column]].dropna()
@@ -453,8 +453,8 @@ def write_report(
     ]
     table_notes = {t: "Rows from " + "; ".join(describe(c) for c in cs) + "." for t, cs in sources.items()}
     markdown, frame = build_report(records, tables, subset=subset, notes=notes, table_notes=table_notes)
-    io.write_text(markdown, out_dir / "ablations.md")
-    io.write_text(frame.to_csv(index=False), out_dir / "ablations.csv")
+    atomic.write_text(markdown, out_dir / "ablations.md")
+    atomic.write_text(frame.to_csv(index=False), out_dir / "ablations.csv")
     return out_dir / "ablations.md"
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines.flows import StageTimer, worker_count
-from reactdiff import io
+from reactdiff import atomic
 from reactdiff.config import load_params
 from reactdiff.evaluation import baseline_reactions, load_split, score
 from reactdiff.realism import load_encoder
@@ -36,7 +36,7 @@ def main() -> None:
         name: score(P, split, seed=params.seed, workers=workers, realism_encoder=encoder)
         for name, P in variants.items()
     }
-    io.write_json(results, OUT)
+    atomic.write_json(results, OUT)
     summary = ", ".join(f"{name} FRCorr {r['all']['FRCorr']:.3f}" for name, r in results.items())
     timer.done(
         read=f"{FEATURES}/{params.sample.split}, {FEATURES}/train, {REALISM_ENCODER}",

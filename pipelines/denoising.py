@@ -9,12 +9,12 @@ training run in MLflow (metrics ``denoise_<estimate>_sigma_<sigma>``).
 from __future__ import annotations
 
 import csv
-import io as stdio
+import io
 from pathlib import Path
 
 from pipelines import tracking
 from pipelines.flows import StageTimer
-from reactdiff import io
+from reactdiff import atomic
 from reactdiff.config import load_params
 from reactdiff.denoising import LinearDenoiser, denoising_curve
 from reactdiff.devices import select_device
@@ -30,7 +30,7 @@ FIGURE = Path("plots/denoiser.png")
 
 
 def curve_csv(curve: list[dict[str, float]]) -> str:
-    buffer = stdio.StringIO()
+    buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["sigma", "noisy", "linear", "model", "model_over_linear"])
     for row in curve:
@@ -52,8 +52,8 @@ def main() -> None:
     curve = denoising_curve(model, linear, val, seed=params.seed, device=device)
 
     rows = {f"sigma_{row['sigma']:g}": {k: row[k] for k in ("noisy", "linear", "model")} for row in curve}
-    io.write_json(rows, METRICS)
-    io.write_text(curve_csv(curve), TABLE)
+    atomic.write_json(rows, METRICS)
+    atomic.write_text(curve_csv(curve), TABLE)
     plot_denoising_curve(FIGURE, curve, title="Denoising on validation windows")
 
     import mlflow

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipelines import tracking
 from pipelines.flows import StageTimer, worker_count
-from reactdiff import io
+from reactdiff import atomic
 from reactdiff.config import load_params
 from reactdiff.evaluation import (
     generated_reactions,
@@ -44,16 +44,16 @@ def main() -> None:
     P = generated_reactions(SAMPLES / f"{params.sample.split}.parquet", split)
     encoder = load_encoder(REALISM_ENCODER, device=params.realism.device)
     model = score(P, split, seed=params.seed, workers=min(2, worker_count(0)), realism_encoder=encoder)
-    io.write_json(model, METRICS)
+    atomic.write_json(model, METRICS, sort_keys=False)  # the headline metrics first (dvc exp show)
 
     results = {MODEL_ROW: model, **ordered_baselines(json.loads(BASELINES.read_text()))}
     table = results_table(results)
-    io.write_text(table.to_csv(index=False), REPORT / "evaluate.csv")
+    atomic.write_text(table.to_csv(index=False), REPORT / "evaluate.csv")
     markdown = "".join(
         f"### {subset} coefficients\n\n{markdown_table(table, subset)}\n"
         for subset in ("all", "expression", "pose")
     )
-    io.write_text(markdown, REPORT / "evaluate.md")
+    atomic.write_text(markdown, REPORT / "evaluate.md")
 
     import mlflow
 

@@ -9,7 +9,7 @@ left with nothing usable, after writing the quarantine report.
 from __future__ import annotations
 
 import csv
-import io as stdio
+import io
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
@@ -19,7 +19,7 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from pipelines.flows import StageTimer, gather, make_task_runner, worker_count
-from reactdiff import io, layout
+from reactdiff import atomic, layout
 from reactdiff.audio import build_encoder
 from reactdiff.config import FeaturesConfig, load_params
 from reactdiff.corpus import read_split
@@ -80,7 +80,7 @@ def extract_session_task(
 
 
 def quarantine_csv(rejections: list[Rejection]) -> str:
-    buffer = stdio.StringIO()
+    buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["split", "clip", "file", "reason"])
     for r in sorted(rejections, key=lambda r: (r.split, r.clip_id)):
@@ -114,10 +114,10 @@ def features_flow(root: Path, splits: list[str], cfg: FeaturesConfig, out: Path 
         examples = examples_table(
             index, {c.clip_id for c in clips}, {x.clip_id: x.reason for x in split_rejections}
         )
-        io.write_parquet(table, out / split / FRAMES_FILE)
-        io.write_parquet(examples, out / split / EXAMPLES_FILE)
+        atomic.write_parquet(table, out / split / FRAMES_FILE)
+        atomic.write_parquet(examples, out / split / EXAMPLES_FILE)
         if index.neighbours is not None:  # later stages read appropriateness from here, not from the corpus
-            with io.atomic_path(out / split / NEIGHBOURS_FILE) as tmp:
+            with atomic.atomic_path(out / split / NEIGHBOURS_FILE) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, index.neighbours.astype(bool))
         usable = int(np.sum(examples.column("usable").to_numpy(zero_copy_only=False)))
@@ -141,10 +141,10 @@ def features_flow(root: Path, splits: list[str], cfg: FeaturesConfig, out: Path 
             train_stats = NormStats.from_arrays(
                 np.concatenate([c.face for c in clips]), np.concatenate([c.audio for c in clips])
             )
-    io.write_text(quarantine_csv(rejections), out / QUARANTINE_FILE)
-    io.write_json(report, out / REPORT_FILE)
+    atomic.write_text(quarantine_csv(rejections), out / QUARANTINE_FILE)
+    atomic.write_json(report, out / REPORT_FILE)
     if train_stats is not None:
-        io.write_json(train_stats.to_json(), out / STATS_FILE)
+        atomic.write_json(train_stats.to_json(), out / STATS_FILE)
     for r in rejections:
         print(f"quarantined {r.path}: {r.reason}")
     if empty_splits:

@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from pipelines.flows import StageTimer, worker_count
-from reactdiff import io
+from reactdiff import atomic
 from reactdiff.config import SampleCorpusConfig, load_params
 from reactdiff.synthetic import SyntheticSpec, generate_corpus, preset
 
@@ -25,7 +25,7 @@ def spec_from_params(cfg: SampleCorpusConfig) -> SyntheticSpec:
 def main() -> None:
     timer = StageTimer("make_sample")
     spec = spec_from_params(load_params().sample_corpus)
-    with io.atomic_dir(OUT) as tmp:
+    with atomic.atomic_dir(OUT) as tmp:
         summary = generate_corpus(tmp, spec, workers=worker_count(0), progress=True)
     counts = ", ".join(f"{split}: {v['dyads']} dyads" for split, v in summary["splits"].items())
     timer.done(read=f"params sample_corpus ({spec})", wrote=f"{OUT}/ ({counts})")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines.flows import StageTimer
-from reactdiff import io
+from reactdiff import atomic
 from reactdiff.config import load_params
 from reactdiff.evaluation import load_split
 from reactdiff.realism import RealismConfig, save_encoder, train_realism_encoder
@@ -39,7 +39,7 @@ def main() -> None:
     train = load_split(FEATURES / "train")
     encoder = train_realism_encoder(train.listener, config, device=p.device)
     save_encoder(encoder, OUT)
-    io.write_json(encoder.stats, METRICS)
+    atomic.write_json(encoder.stats, METRICS)
     losses = ", ".join(f"{s} {encoder.stats[s]['final_loss']:.3f}" for s in encoder.subsets)
     timer.done(
         read=f"{FEATURES}/train ({len(train.listener)} listener reactions)",

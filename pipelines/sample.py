@@ -35,7 +35,7 @@ from prefect.cache_policies import NONE
 
 from pipelines import tracking
 from pipelines.flows import StageTimer, gather, make_task_runner, worker_count
-from reactdiff import io
+from reactdiff import atomic
 from reactdiff.config import Params, load_params
 from reactdiff.devices import select_device
 from reactdiff.features import EXAMPLES_FILE, FRAMES_FILE, STATS_FILE, NormStats, read_frames
@@ -152,7 +152,7 @@ def sample_group(index: int, examples: list[dict], params: Params, scratch: str)
         )
         tables += [reactions_table(e["session"], e, r) for e, r in zip(batch, reactions, strict=True)]
         windows += len(batch) * -(-n // w)
-    io.write_parquet(pa.concat_tables(tables), target)
+    atomic.write_parquet(pa.concat_tables(tables), target)
     return {
         "sessions": sessions,
         "windows": windows,
@@ -192,7 +192,7 @@ def main() -> None:
     )
     parts = sorted(scratch.glob("*.parquet"))
     table = pa.concat_tables([pq.read_table(p) for p in parts])
-    io.write_parquet(table, output_path(cfg.split))
+    atomic.write_parquet(table, output_path(cfg.split))
 
     generated = [r for r in results if not r["resumed"]]
     windows = sum(r["windows"] for r in generated)
@@ -210,7 +210,7 @@ def main() -> None:
         "ms_per_window": ms_per_window,
         "window_fps": params.windows.size / (ms_per_window / 1000) if ms_per_window else None,
     }
-    io.write_json(summary, OUT / "summary.json")
+    atomic.write_json(summary, OUT / "summary.json")
 
     import mlflow
 

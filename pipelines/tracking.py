@@ -100,9 +100,9 @@ def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
 
 
 def write_run_file(run_id: str, path: Path = RUN_FILE, **extra: Any) -> None:
-    from reactdiff import io
+    from reactdiff import atomic
 
-    io.write_json({"run_id": run_id, "tracking_uri": tracking_uri(), **extra}, path)
+    atomic.write_json({"run_id": run_id, "tracking_uri": tracking_uri(), **extra}, path)
 
 
 def read_run_id(path: Path = RUN_FILE) -> str:

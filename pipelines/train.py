@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io as stdio
+import io
 import shutil
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import torch
 
 from pipelines import tracking
 from pipelines.flows import StageTimer
-from reactdiff import io
+from reactdiff import atomic
 from reactdiff.config import Params, load_params
 from reactdiff.losses import LossConfig
 from reactdiff.training import TrainConfig, config_fingerprint, dist_info, train
@@ -73,6 +73,7 @@ def train_config(params: Params) -> TrainConfig:
         rollout_prob=t.rollout_prob,
         rollout_start=t.rollout_start,
         rollout_steps=t.rollout_steps,
+        rollout_ease_frames=t.rollout_ease_frames,
     )
 
 
@@ -89,7 +90,7 @@ def data_id(windows: Path = WINDOWS) -> str:
 
 def loss_curve_csv(history: list[dict], val: list[dict]) -> str:
     val_by_step = {int(v["step"]): v for v in val}
-    buffer = stdio.StringIO()
+    buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["step", "loss", "dm", "fbk", "fac", "val_loss"])
     for row in history:
@@ -143,7 +144,7 @@ def main() -> None:
     import mlflow
 
     MODEL.parent.mkdir(parents=True, exist_ok=True)
-    with io.atomic_path(MODEL) as tmp:
+    with atomic.atomic_path(MODEL) as tmp:
         shutil.copyfile(result.checkpoint, tmp)
     final = result.history[-1] if result.history else {}
     final_val = result.val[-1] if result.val else {}
@@ -160,8 +161,8 @@ def main() -> None:
         "device": str(result.device),
         "world_size": result.world_size,
     }
-    io.write_json(summary, METRICS)
-    io.write_text(loss_curve_csv(result.history, result.val), PLOT)
+    atomic.write_json(summary, METRICS)
+    atomic.write_text(loss_curve_csv(result.history, result.val), PLOT)
     mlflow.log_metric("parameters", result.parameters)
     mlflow.set_tags(
         {"parameters": str(result.parameters), "fingerprint": fingerprint, "windows_id": windows_id}

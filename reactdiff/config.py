@@ -2,7 +2,9 @@
 
 Every stage reads its settings through :func:`load_params`. Unknown keys and wrong types are errors
 that name the key (``features.encoder``) and the file, because a silently ignored typo in a params
-file invalidates an experiment without anyone noticing.
+file invalidates an experiment without anyone noticing. The defaults here are the values the project's
+``params.yaml`` ships (a test holds them equal), so a key left out of a params file means what the
+README documents.
 """
 
 from __future__ import annotations
@@ -79,16 +81,17 @@ class ModelParams(_Section):
     """Speaker modalities (Table 3)."""
     use_speaker_audio: bool = True
     speaker_history: int = Field(default=0, ge=0)
-    speaker_delays: int = Field(default=0, ge=0)
     """Speaker frames before the window the network also attends to (causally); 0 = the paper's eq. 1-2
     (the window's speaker only). Listeners react 0.3-1 s late, so the window alone misses the causes
     of its first frames' reactions."""
+    speaker_delays: int = Field(default=0, ge=0)
+    """Taps of a causal delay line over the speaker tokens (0: none; reactdiff/model.py, _SpeakerTokens)."""
 
 
 class TrainParams(_Section):
-    steps: int = Field(default=2000, ge=1)
+    steps: int = Field(default=1700, ge=1)
     batch_size: int = Field(default=100, ge=1)
-    lr: float = Field(default=1e-4, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
     betas: list[float] = [0.95, 0.999]
     weight_decay: float = Field(default=1e-3, ge=0)
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
@@ -114,13 +117,15 @@ class TrainParams(_Section):
     checkpoint_every: int = Field(default=500, ge=1)
     val_every: int = Field(default=500, ge=1)
     val_batches: int = Field(default=4, ge=1)
-    rollout_prob: float = Field(default=0.0, ge=0, le=1)
+    rollout_prob: float = Field(default=0.5, ge=0, le=1)
     """Fraction of the rows trained on the previous window as the model samples it, not the real one
     (reactdiff/training.py, "Rollouts"): the model learns to respond from the past it will have."""
-    rollout_start: int = Field(default=0, ge=0)
+    rollout_start: int = Field(default=400, ge=0)
     """Step from which rollouts begin (the EMA model that samples them must first be usable)."""
-    rollout_steps: int = Field(default=4, ge=1)
+    rollout_steps: int = Field(default=3, ge=1)
     """ODE steps of a rollout's sample of the previous window."""
+    rollout_ease_frames: int = Field(default=0, ge=0)
+    """Frames over which a rollout row's target eases out of the generated past (0: the whole window)."""
 
     @field_validator("betas")
     @classmethod
@@ -139,13 +144,13 @@ class SampleParams(_Section):
     solver: Literal["sde", "ode"] = "sde"
     """DPM-Solver++(2M) as SDE (Algorithm 2) or ODE (Algorithm 1); Table 5."""
     eta: float = Field(default=1.0, ge=0)
-    guidance_scale: float = 1.5
+    guidance_scale: float = 2.0
     """Classifier-free guidance scale; 1 disables guidance."""
-    guidance_interval: list[float] | None = None
+    guidance_interval: list[float] | None = [0.0, 2.0]
     """Noise levels ``[lo, hi]`` where guidance applies (others: plain conditional); None = all."""
     clip_expression: bool = True
     """Clamp generated blendshape weights to [0, 1] (returned and fed back as the next past)."""
-    batch_examples: int = Field(default=16, ge=1)
+    batch_examples: int = Field(default=8, ge=1)
     """Examples generated in lockstep as one denoiser batch (whole sessions per task): bigger batches
     use the cores (or GPU) better; each example keeps its own seed whatever the batch."""
     device: str = "auto"
@@ -161,7 +166,7 @@ class SampleParams(_Section):
 
 
 class RenderParams(_Section):
-    sessions: int = Field(default=2, ge=0)
+    sessions: int = Field(default=1, ge=0)
     """How many sessions of the sampled split get a video (the first ones, both directions)."""
     renderer: str = "cartoon"
     """A name registered with ``reactdiff.render.register_renderer`` (``cartoon`` needs no weights)."""

@@ -173,10 +173,21 @@ def score(
             )
         realism_encoder.workers = max(1, workers)
         kinds["learned"] = realism_encoder.extractors()
-    return compute_all(
+    results = compute_all(
         P, split.listener, split.speaker, split.neighbours, workers=workers, seed=seed,
         feature_kinds=kinds, window=window,
     )  # fmt: skip
+    return {subset: _in_metric_order(metrics) for subset, metrics in results.items()}
+
+
+def _in_metric_order(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics of :data:`METRIC_ORDER` first, in that order, then the rest (floors, counts) sorted.
+
+    The metrics file keeps this order, and ``dvc exp show`` its columns: the figures a researcher
+    compares lead.
+    """
+    lead = [m for m in METRIC_ORDER if m in metrics]
+    return {m: metrics[m] for m in lead + sorted(set(metrics) - set(lead))}
 
 
 def ordered_baselines(results: dict[str, dict]) -> dict[str, dict]:

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from reactdiff import io
+from reactdiff import atomic
 from reactdiff.devices import select_device
 from reactdiff.metrics import SUBSETS, resolve_subsets
 
@@ -371,7 +371,7 @@ def save_encoder(encoder: RealismEncoder, path: Path | str) -> None:
             for name, (columns, model) in encoder.models.items()
         },
     }
-    with io.atomic_path(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 

@@ -52,7 +52,7 @@ import soundfile as sf
 from scipy import signal
 
 from reactdiff import layout, reference
-from reactdiff.io import atomic_path, write_json
+from reactdiff.atomic import atomic_path, write_json
 
 META_FILE = "synthetic_meta.json"
 

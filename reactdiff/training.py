@@ -70,7 +70,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from reactdiff import io
+from reactdiff import atomic
 from reactdiff.devices import select_device
 from reactdiff.losses import LossConfig, training_loss
 from reactdiff.model import (
@@ -155,8 +155,10 @@ class TrainConfig:
     - ``log_every`` / ``checkpoint_every`` / ``val_every``: in steps; ``0`` disables (the final step is
       always checkpointed, and validated when there is validation data and ``val_every > 0``).
     - ``val_batches``: validation batches of ``batch_size`` windows each, a fixed subset of the split.
-    - ``rollout_prob`` / ``rollout_start`` / ``rollout_steps``: training on the model's own past (module
-      docstring); ``rollout_prob = 0`` trains on real pasts only.
+    - ``rollout_prob`` / ``rollout_start`` / ``rollout_steps`` / ``rollout_ease_frames``: training on the
+      model's own past (module docstring); ``rollout_prob = 0`` trains on real pasts only;
+      ``rollout_ease_frames`` ``E`` (0: the whole window) is how many frames the target takes to ease
+      out of the generated past.
     """
 
     preset: str = "demo"
@@ -182,6 +184,7 @@ class TrainConfig:
     rollout_prob: float = 0.0
     rollout_start: int = 0
     rollout_steps: int = 4
+    rollout_ease_frames: int = 0
 
     def __post_init__(self) -> None:
         # Configs arrive from YAML/JSON: lists for tuples, dicts for nested dataclasses.
@@ -210,6 +213,10 @@ class TrainConfig:
             )
         if not 0.0 <= self.rollout_prob <= 1.0:
             raise ValueError(f"rollout_prob must be in [0, 1], got {self.rollout_prob}")
+        if self.rollout_ease_frames < 0:
+            raise ValueError(
+                f"rollout_ease_frames must be >= 0 (0: the whole window), got {self.rollout_ease_frames}"
+            )
         if self.rollout_start < 0 or self.rollout_steps < 1:
             raise ValueError(
                 f"rollout_start must be >= 0 and rollout_steps >= 1, got {self.rollout_start} and "
@@ -253,6 +260,10 @@ _FINGERPRINT_FIELDS = (
     "grad_clip",
     "seed",
     "loss",
+    "rollout_prob",
+    "rollout_start",
+    "rollout_steps",
+    "rollout_ease_frames",
 )
 
 
@@ -431,6 +442,23 @@ def to_model_inputs(batch: WindowBatch, device: torch.device | str) -> tuple[Ten
     return x0, cond
 
 
+def rollout_ease(frames: int, ease_frames: int = 0, **tensor_kwargs: Any) -> Tensor:
+    """Weight ``[frames]`` of the past-to-real gap in a rollout row's target.
+
+    ``(1 + cos(pi (t + 1) / E)) / 2`` at frame ``t < E``, 0 from frame ``E`` on (``E = ease_frames``; 0 or
+    more than ``frames``: the whole window).
+
+    Continuous in position and velocity at the boundary for any ``E``. Why ``E`` matters: until frame
+    ``E`` the target still leans towards the generated past, so a response the past lacks is taught to
+    arrive ``E / 2`` frames late on average, and a sampled chain inherits that lag window after window.
+    """
+    e = frames if ease_frames <= 0 else min(ease_frames, frames)
+    t = torch.arange(1, frames + 1, **tensor_kwargs)
+    return torch.where(
+        t <= e, (1 + torch.cos(math.pi * t.clamp(max=e) / e)) / 2, torch.zeros((), **tensor_kwargs)
+    )
+
+
 def rollout_past(
     denoiser: nn.Module,
     data: WindowSource,
@@ -469,7 +497,7 @@ def rollout_past(
     generated = generated.to(cond.past.dtype)
     picked = torch.from_numpy(rows).to(device)
     w = x0.shape[1]
-    ease = (1 + torch.cos(math.pi * torch.arange(1, w + 1, device=device, dtype=x0.dtype) / w)) / 2
+    ease = rollout_ease(w, cfg.rollout_ease_frames, device=device, dtype=x0.dtype)
     gap = generated[:, -1] - cond.past[picked, -1]  # [R, D]
     frames = torch.from_numpy(data.frames_before(indices[rows])).to(device=device, dtype=x0.dtype)
     x0, past, history = x0.clone(), cond.past.clone(), cond.listener_history.clone()
@@ -610,7 +638,7 @@ def save_checkpoint(
         "config_fingerprint": str(config_fingerprint),
         "extra": _plain(extra),
     }
-    with io.atomic_path(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 

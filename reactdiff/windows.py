@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from reactdiff import io, layout
+from reactdiff import atomic, layout
 from reactdiff.features import EXAMPLES_FILE, FRAMES_FILE, NormStats, read_frames
 
 SEQUENCES_FILE = "sequences.arrow"
@@ -132,9 +132,9 @@ def build_split_windows(features_split_dir: Path, stats: NormStats, w: int, stri
 
 def write_split_windows(windows: SplitWindows, out_dir: Path) -> None:
     out_dir = Path(out_dir)
-    io.write_arrow(windows.sequences, out_dir / SEQUENCES_FILE)
-    io.write_parquet(windows.index, out_dir / INDEX_FILE)
-    io.write_json(windows.meta, out_dir / META_FILE)
+    atomic.write_arrow(windows.sequences, out_dir / SEQUENCES_FILE)
+    atomic.write_parquet(windows.index, out_dir / INDEX_FILE)
+    atomic.write_json(windows.meta, out_dir / META_FILE)
 
 
 def _fixed(values: np.ndarray) -> pa.FixedSizeListArray:

@@ -54,3 +54,9 @@ def test_missing_and_unparsable_files(tmp_path):
     bad.write_text("windows: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_the_schema_defaults_are_the_shipped_params():
+    # One set of defaults: a key deleted from params.yaml keeps the value the README documents.
+    shipped = load_params(ROOT / "params.yaml").model_dump()
+    assert parse_params({}).model_dump() == shipped

@@ -4,10 +4,11 @@ import pyarrow as pa
 import pytest
 
 from pipelines.sample import reactions_table
-from reactdiff import io
+from reactdiff import atomic
 from reactdiff.corpus import Example, SplitIndex
 from reactdiff.evaluation import (
     BASELINE_ORDER,
+    METRIC_ORDER,
     baseline_reactions,
     generated_reactions,
     load_split,
@@ -44,8 +45,8 @@ def _split_dir(tmp_path, name, n_frames=(40, 42, 40, 41), seed=0):
     ]
     index = SplitIndex(tmp_path, name, dyads, examples, None)
     out = tmp_path / name
-    io.write_parquet(frames_table(clips, "test", A), out / FRAMES_FILE)
-    io.write_parquet(examples_table(index, set(ids), {}), out / EXAMPLES_FILE)
+    atomic.write_parquet(frames_table(clips, "test", A), out / FRAMES_FILE)
+    atomic.write_parquet(examples_table(index, set(ids), {}), out / EXAMPLES_FILE)
     neighbours = np.eye(4, dtype=bool) | np.eye(4, k=2, dtype=bool) | np.eye(4, k=-2, dtype=bool)
     np.save(out / NEIGHBOURS_FILE, neighbours)
     return out, {c.clip_id: c for c in clips}
@@ -67,13 +68,13 @@ def test_generated_reactions_round_trip_and_missing_data(tmp_path):
     rng = np.random.default_rng(1)
     P = rng.normal(size=(4, 3, 40, 58)).astype(np.float32)
     tables = [reactions_table("s", e, P[i]) for i, e in reversed(list(enumerate(split.examples)))]
-    io.write_parquet(pa.concat_tables(tables), tmp_path / "samples.parquet")
+    atomic.write_parquet(pa.concat_tables(tables), tmp_path / "samples.parquet")
     np.testing.assert_array_equal(generated_reactions(tmp_path / "samples.parquet", split), P)
-    io.write_parquet(pa.concat_tables(tables[1:]), tmp_path / "partial.parquet")
+    atomic.write_parquet(pa.concat_tables(tables[1:]), tmp_path / "partial.parquet")
     with pytest.raises(ValueError, match="no generated reactions for examples"):
         generated_reactions(tmp_path / "partial.parquet", split)
     short = reactions_table("s", split.examples[0], P[0, :, :30])
-    io.write_parquet(pa.concat_tables([short, *tables[:3]]), tmp_path / "short.parquet")
+    atomic.write_parquet(pa.concat_tables([short, *tables[:3]]), tmp_path / "short.parquet")
     with pytest.raises(ValueError, match="missing"):
         generated_reactions(tmp_path / "short.parquet", split)
 
@@ -138,6 +139,10 @@ def test_score_adds_fd_learned_only_with_a_realism_encoder(tmp_path):
     for subset in ("all", "expression", "pose"):
         assert learned[subset]["FD_learned"] >= 0 and learned[subset]["FD_learned_real_floor"] >= 0
         assert learned[subset]["FD_stats"] == plain[subset]["FD_stats"]  # nothing else changes
+        # the headline metrics lead (the metrics file and dvc exp show keep this order), the rest sorted
+        names = list(learned[subset])
+        assert names[: len(METRIC_ORDER)] == list(METRIC_ORDER)
+        assert names[len(METRIC_ORDER) :] == sorted(names[len(METRIC_ORDER) :])
     table = results_table({"ReactDiff": learned})
     assert list(table.columns[8:11]) == ["FD_stats", "FD_dynamics", "FD_learned"]
     assert "FD_learned ↓" in markdown_table(table, "pose")

@@ -84,6 +84,11 @@ def test_dvc_repro_runs_every_stage(project):
         assert f"Running stage '{stage}'" in log
     report = json.loads((dest / "features" / "report.json").read_text())
     assert report["splits"]["train"]["clips_written"] == 8
+    # dvc exp show leads with the model's headline metrics, and the constant baselines are not columns
+    header = _run([*dvc, "exp", "show", "--md", "--no-pager"], dest, env).splitlines()[0]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[2:6] == ["all.FRCorr", "all.FRDist", "all.FRDiv", "all.FRDvs"], columns[:8]
+    assert not any("NN motion" in c for c in columns)
     assert report["splits"]["test"]["examples_usable"] == 4
     meta = json.loads((dest / "windows" / "train" / "meta.json").read_text())
     assert meta["examples"] == 8 and meta["windows"] > 0

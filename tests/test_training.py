@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from reactdiff import io, training
+from reactdiff import atomic, training
 from reactdiff.corpus import Example, SplitIndex
 from reactdiff.features import (
     EXAMPLES_FILE,
@@ -81,8 +81,8 @@ def windows_dir(tmp_path_factory) -> Path:
     ]
     index = SplitIndex(root, "train", [(ids[0], ids[1]), (ids[2], ids[3])], examples, None)
     features = root / "features" / "train"
-    io.write_parquet(frames_table(clips, "test", A), features / FRAMES_FILE)
-    io.write_parquet(examples_table(index, set(ids), {}), features / EXAMPLES_FILE)
+    atomic.write_parquet(frames_table(clips, "test", A), features / FRAMES_FILE)
+    atomic.write_parquet(examples_table(index, set(ids), {}), features / EXAMPLES_FILE)
     stats = NormStats.from_arrays(
         np.concatenate([c.face for c in clips]), np.concatenate([c.audio for c in clips])
     )
@@ -319,6 +319,9 @@ def test_changed_config_starts_fresh(tmp_path, data, capsys):
     assert config_fingerprint(changed, A) != config_fingerprint(cfg, A)
     assert config_fingerprint(replace(cfg, steps=99, log_every=7), A) == config_fingerprint(cfg, A)
     assert config_fingerprint(cfg, A, "other data") != config_fingerprint(cfg, A)
+    # the rollout recipe changes the trajectory too
+    for change in (dict(rollout_prob=0.5), dict(rollout_ease_frames=6), dict(rollout_steps=2)):
+        assert config_fingerprint(replace(cfg, **change), A) != config_fingerprint(cfg, A)
     capsys.readouterr()
     result = train(changed, data, None, tmp_path / "ckpt.pt", resume=True)
     assert "starting fresh" in capsys.readouterr().out and result.resumed_from == 0
@@ -401,6 +404,18 @@ def test_two_process_ddp_on_cpu(tmp_path, windows_dir):
     assert all(torch.equal(v, ckpt["ema"][k]) for k, v in weights[0]["ema"].items())
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".ckpt")) == []  # no leftovers
     assert "train: step 4/4" in proc.stdout and proc.stdout.count("train: step 4/4 loss") == 1
+
+
+def test_rollout_ease_is_a_half_cosine_over_its_frames_then_zero():
+    whole = training.rollout_ease(16)
+    np.testing.assert_allclose(whole.numpy(), (1 + np.cos(np.pi * np.arange(1, 17) / 16)) / 2, atol=1e-7)
+    assert training.rollout_ease(16, 0).equal(whole) and training.rollout_ease(16, 40).equal(whole)
+    short = training.rollout_ease(16, 4).numpy()
+    c = np.cos(np.pi / 4)
+    np.testing.assert_allclose(short[:4], [(1 + c) / 2, 0.5, (1 - c) / 2, 0.0], atol=1e-7)
+    assert (short[4:] == 0).all()
+    with pytest.raises(ValueError, match="rollout_ease_frames"):
+        TrainConfig(rollout_ease_frames=-1)
 
 
 def test_rollout_rows_see_the_previous_window_as_the_model_samples_it(data):

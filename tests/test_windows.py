@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reactdiff import io
+from reactdiff import atomic
 from reactdiff.corpus import Example, SplitIndex
 from reactdiff.features import (
     EXAMPLES_FILE,
@@ -40,8 +40,8 @@ def features_dir(tmp_path):
     ]
     index = SplitIndex(tmp_path, "train", [(a, b), (c, d)], examples, None)
     split_dir = tmp_path / "features" / "train"
-    io.write_parquet(frames_table(clips, "test", A), split_dir / FRAMES_FILE)
-    io.write_parquet(examples_table(index, {a, b, c}, {d: "bad npy"}), split_dir / EXAMPLES_FILE)
+    atomic.write_parquet(frames_table(clips, "test", A), split_dir / FRAMES_FILE)
+    atomic.write_parquet(examples_table(index, {a, b, c}, {d: "bad npy"}), split_dir / EXAMPLES_FILE)
     return split_dir
 
 

@@ -2,18 +2,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from reactdiff import io
+from reactdiff import atomic
 
 
 def test_atomic_path_leaves_old_file_on_failure(tmp_path):
     target = tmp_path / "out.json"
-    io.write_json({"a": 1}, target)
+    atomic.write_json({"a": 1}, target)
     with pytest.raises(RuntimeError):
-        with io.atomic_path(target) as tmp:
+        with atomic.atomic_path(target) as tmp:
             tmp.write_text("half a fi")
             raise RuntimeError("interrupted")
     assert target.read_text().strip().startswith("{")
-    assert io.json.loads(target.read_text()) == {"a": 1}
+    assert atomic.json.loads(target.read_text()) == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temp file left
 
 
@@ -25,26 +25,26 @@ def test_interrupted_parquet_write_is_never_visible(tmp_path, monkeypatch):
         open(where, "wb").write(b"PAR1 truncated")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(io.pq, "write_table", crash)
+    monkeypatch.setattr(atomic.pq, "write_table", crash)
     with pytest.raises(KeyboardInterrupt):
-        io.write_parquet(table, target)
+        atomic.write_parquet(table, target)
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
-    io.write_parquet(table, target)
+    atomic.write_parquet(table, target)
     assert pq.read_table(target).column("x").to_pylist() == [1, 2, 3]
 
 
 def test_atomic_dir_replaces_whole_folder(tmp_path):
     target = tmp_path / "corpus"
-    with io.atomic_dir(target) as tmp:
+    with atomic.atomic_dir(target) as tmp:
         (tmp / "a.txt").write_text("first")
     with pytest.raises(ValueError):
-        with io.atomic_dir(target) as tmp:
+        with atomic.atomic_dir(target) as tmp:
             (tmp / "b.txt").write_text("second")
             raise ValueError("generator failed")
     assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
-    with io.atomic_dir(target) as tmp:
+    with atomic.atomic_dir(target) as tmp:
         (tmp / "b.txt").write_text("second")
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
@@ -54,7 +54,7 @@ def test_arrow_file_is_memory_mappable(tmp_path):
     table = pa.table(
         {"v": pa.FixedSizeListArray.from_arrays(pa.array([1.0, 2.0, 3.0, 4.0], pa.float32()), 2)}
     )
-    io.write_arrow(table, tmp_path / "t.arrow")
+    atomic.write_arrow(table, tmp_path / "t.arrow")
     with pa.memory_map(str(tmp_path / "t.arrow")) as source:
         read = pa.ipc.open_file(source).read_all()
         values = read.column("v").chunk(0).flatten().to_numpy(zero_copy_only=True)

@@ -68,9 +68,10 @@ def write_arrow(table: pa.Table, path: Path | str) -> None:
             writer.write_table(table)
 
 
-def write_json(obj: Any, path: Path | str) -> None:
+def write_json(obj: Any, path: Path | str, sort_keys: bool = True) -> None:
+    """``obj`` as indented JSON, written atomically; ``sort_keys=False`` keeps the dicts' own order."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default) + "\n")
 
 
 def write_text(text: str, path: Path | str) -> None:
