@@ -124,7 +124,7 @@ class TrainParams(_Section):
     """Step from which rollouts begin (the EMA model that samples them must first be usable)."""
     rollout_steps: int = Field(default=3, ge=1)
     """ODE steps of a rollout's sample of the previous window."""
-    rollout_ease_frames: int = Field(default=0, ge=0)
+    rollout_ease_frames: int = Field(default=8, ge=0)
     """Frames over which a rollout row's target eases out of the generated past (0: the whole window)."""
 
     @field_validator("betas")

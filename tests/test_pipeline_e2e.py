@@ -17,6 +17,8 @@ import yaml
 
 from reactdiff.evaluation import BASELINE_ORDER
 
+pytestmark = pytest.mark.slow  # the whole DAG in a fresh project copy, the longest tests of the suite
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = [
     "make_sample",

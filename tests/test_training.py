@@ -443,18 +443,21 @@ def test_rollout_rows_see_the_previous_window_as_the_model_samples_it(data):
     )
     for name in ("speaker_face", "speaker_audio", "frame_index", "speaker_mask"):
         assert torch.equal(getattr(swapped, name), getattr(cond, name))
-    # The target eases from the generated past into the real window: the gap between the pasts' last
-    # frames, weighted (1 + cos(pi (t + 1) / W)) / 2 at frame t: 0.99 of it at frame 0, none at the end.
+    # The target eases from the generated past into the real window over E = cfg.rollout_ease_frames (8)
+    # frames: the gap between the pasts' last frames, weighted (1 + cos(pi (t + 1) / E)) / 2 at frame t:
+    # 0.96 of it at frame 0, half at frame 3, none from frame 7 on.
+    E = cfg.rollout_ease_frames
+    assert E == 8
     gap = generated[:, -1] - cond.past[picked, -1]
     offset = target[picked] - x0[picked]
-    for t, weight in [(0, (1 + np.cos(np.pi / W)) / 2), (W // 2 - 1, 0.5), (W - 1, 0.0)]:
+    for t, weight in [(0, (1 + np.cos(np.pi / E)) / 2), (E // 2 - 1, 0.5), (E - 1, 0.0), (W - 1, 0.0)]:
         torch.testing.assert_close(offset[:, t], gap * weight, atol=1e-6, rtol=1e-5)
     # Continuous at the boundary: the target's first step out of the generated past is the real first
     # step out of the real past, up to the ease's own (small) slope.
     real_step = x0[picked, 0] - cond.past[picked, -1]
     eased_step = target[picked, 0] - generated[:, -1]
     torch.testing.assert_close(
-        eased_step, real_step + gap * ((1 + np.cos(np.pi / W)) / 2 - 1), atol=1e-6, rtol=1e-5
+        eased_step, real_step + gap * ((1 + np.cos(np.pi / E)) / 2 - 1), atol=1e-6, rtol=1e-5
     )
     # Nothing to roll out: the inputs come back unchanged.
     same_x0, same = rollout_past(denoiser, data, indices, x0, cond, _cfg(rollout_prob=0.0), torch.Generator())
