@@ -24,20 +24,9 @@ METRICS = Path("metrics/realism_encoder.json")
 def main() -> None:
     timer = StageTimer("realism_encoder")
     params = load_params()
-    p = params.realism
-    config = RealismConfig(
-        window=p.window,
-        embedding_dim=p.embedding_dim,
-        channels=p.channels,
-        steps=p.steps,
-        batch_size=p.batch_size,
-        lr=p.lr,
-        temperature=p.temperature,
-        jitter=p.jitter,
-        seed=params.seed,
-    )
+    config = RealismConfig(**params.realism.model_dump(exclude={"device"}), seed=params.seed)
     train = load_split(FEATURES / "train")
-    encoder = train_realism_encoder(train.listener, config, device=p.device)
+    encoder = train_realism_encoder(train.listener, config, device=params.realism.device)
     save_encoder(encoder, OUT)
     atomic.write_json(encoder.stats, METRICS)
     losses = ", ".join(f"{s} {encoder.stats[s]['final_loss']:.3f}" for s in encoder.subsets)

@@ -37,43 +37,25 @@ ARTIFACT_LIMIT_BYTES = 200 * 2**20  # larger checkpoints are referenced by path,
 
 
 def train_config(params: Params) -> TrainConfig:
-    t = params.train
+    """The library's :class:`TrainConfig` from the validated params, field for field by name.
+
+    ``train.*`` keys are TrainConfig fields, except the loss's (``use_fbk``, ``use_fac``,
+    ``fbk_last_steps``, ``cfg_drop_prob``, and ``fbk_schedule_steps``, the loss's ``sampling_steps``);
+    ``model.*`` other than ``preset`` are network overrides. A key added to params.yaml and not to the
+    library fails here, by name, instead of being dropped.
+    """
+    train = params.train.model_dump()
+    loss = LossConfig(
+        **{key: train.pop(key) for key in ("use_fbk", "use_fac", "fbk_last_steps", "cfg_drop_prob")},
+        sampling_steps=train.pop("fbk_schedule_steps"),
+        fac_weight=params.fac_weight,
+    )
     return TrainConfig(
         preset=params.model.preset,
-        model_overrides={
-            "use_frame_index": params.model.use_frame_index,
-            "use_speaker_face": params.model.use_speaker_face,
-            "use_speaker_audio": params.model.use_speaker_audio,
-            "speaker_history": params.model.speaker_history,
-            "speaker_delays": params.model.speaker_delays,
-        },
-        preconditioning=t.preconditioning,
-        steps=t.steps,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        betas=tuple(t.betas),
-        weight_decay=t.weight_decay,
-        ema_decay=t.ema_decay,
-        grad_clip=t.grad_clip,
-        amp=t.amp,
-        device=t.device,
+        model_overrides=params.model.model_dump(exclude={"preset"}),
         seed=params.seed,
-        loss=LossConfig(
-            use_fbk=t.use_fbk,
-            use_fac=t.use_fac,
-            fac_weight=params.fac_weight,
-            fbk_last_steps=t.fbk_last_steps,
-            sampling_steps=t.fbk_schedule_steps,
-            cfg_drop_prob=t.cfg_drop_prob,
-        ),
-        log_every=t.log_every,
-        checkpoint_every=t.checkpoint_every,
-        val_every=t.val_every,
-        val_batches=t.val_batches,
-        rollout_prob=t.rollout_prob,
-        rollout_start=t.rollout_start,
-        rollout_steps=t.rollout_steps,
-        rollout_ease_frames=t.rollout_ease_frames,
+        loss=loss,
+        **train,
     )
 
 
