@@ -7,11 +7,12 @@ Run (a table, several, or all; resumable: finished variants are skipped)::
     python -m pipelines.ablations report                            # reports/ablations.{md,csv}
 
 Each variant is ``dvc exp run --name <campaign>-<table>-<variant> -S <every ablation key>=<value>
-evaluate``: a DVC experiment of the one pipeline (``dvc exp show`` lists it), whose unchanged stages
-come from DVC's cache, so the sampling-only tables (5, 6) reuse the trained model and the rows that
-several tables share (the paper's defaults) run once. With ``--jobs 1`` (the default; on 2 cores one
-training already uses both) the experiments run one after another in the workspace; with ``--jobs N``
-they go through DVC's experiment queue, ``N`` at a time in temporary copies.
+evaluate``: a DVC experiment of the one pipeline (``dvc exp show`` lists it). DVC skips the stages whose
+inputs did not change since the workspace's last run, and the variants that share a trained model run
+back to back (:func:`training_order`), so the sampling-only tables (5, 6) reuse the trained model and
+the rows that several tables share (the paper's defaults) train once. With ``--jobs 1`` (the default;
+on 2 cores one training already uses both) the experiments run one after another in the workspace;
+with ``--jobs N`` they go through DVC's experiment queue, ``N`` at a time in temporary copies.
 
 MLflow (experiment ``reactdiff-ablations``): one parent run per table and campaign, one child run per
 variant with the full params, every metric of ``evaluate`` (per coefficient subset), the training

@@ -65,7 +65,7 @@ def gather(futures: Iterable[PrefectFuture], desc: str) -> list[Any]:
 
 
 class StageTimer:
-    """Prints what a stage read, wrote and how long it took (DESIGN.md habit)."""
+    """Prints what a stage read, wrote and how long it took: one line per stage in the ``dvc repro`` log."""
 
     def __init__(self, stage: str) -> None:
         self.stage = stage

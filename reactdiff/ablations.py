@@ -6,9 +6,12 @@ variant states the value of its own table's keys and inherits every other key fr
 a variant means the same thing whatever the base (paper or demo preset, sample or real corpus).
 
 The paper's defaults are one row of every table ("with h", "face and audio", "FBK and FAC", "SDE",
-"50 steps", "lambda = 1e-4"); with the base params at those defaults they are the same experiment, which
-DVC runs once and restores from its run cache for the other tables. Tables 5 and 6 change sampling only,
-so their variants reuse the trained model (the ``train`` stage does not depend on ``sample.*``).
+"50 steps", "lambda = 1e-4"); with the base params at those defaults they are the same experiment. DVC's
+run cache does not serve the ``train`` stage (its metrics and plots are git-tracked, uncached outputs),
+so the runner (``pipelines/ablations.py``, ``training_order``) runs the variants that share a trained
+model back to back, and DVC skips the unchanged ``train`` stage for all but the first. Tables 5 and 6
+change sampling only, so their variants reuse the trained model (``train`` does not depend on
+``sample.*``).
 
 :func:`build_report` turns the recorded metrics of the variants (read from MLflow by
 ``pipelines/ablations.py``) into one table per study with the paper's numbers
