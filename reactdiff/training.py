@@ -459,10 +459,8 @@ def rollout_ease(frames: int, ease_frames: int = 0, **tensor_kwargs: Any) -> Ten
     arrive ``E / 2`` frames late on average, and a sampled chain inherits that lag window after window.
     """
     e = frames if ease_frames <= 0 else min(ease_frames, frames)
-    t = torch.arange(1, frames + 1, **tensor_kwargs)
-    return torch.where(
-        t <= e, (1 + torch.cos(math.pi * t.clamp(max=e) / e)) / 2, torch.zeros((), **tensor_kwargs)
-    )
+    t = torch.arange(1, frames + 1, **tensor_kwargs).clamp(max=e)  # from frame E on: cos(pi) = -1, weight 0
+    return (1 + torch.cos(math.pi * t / e)) / 2
 
 
 def rollout_past(
