@@ -3,11 +3,14 @@
 Run (a table, several, or all; resumable: finished variants are skipped)::
 
     python -m pipelines.ablations run --tables table2 table5      # or: --tables all (the default)
+    python -m pipelines.ablations run --seeds 3                     # every variant with 3 seeds
     python -m pipelines.ablations run --set train.steps=1000       # a base override for every variant
     python -m pipelines.ablations report                            # reports/ablations.{md,csv}
 
-Each variant is ``dvc exp run --name <campaign>-<table>-<variant> -S <every ablation key>=<value>
-evaluate``: a DVC experiment of the one pipeline (``dvc exp show`` lists it). DVC skips the stages whose
+Each variant and seed is ``dvc exp run --name <campaign>-<table>-<variant>-s<seed> -S <every ablation
+key>=<value> -S seed=<seed> evaluate``: a DVC experiment of the one pipeline (``dvc exp show`` lists
+it). The top-level ``seed`` seeds both the training and the sampling, so a seed is a full repetition;
+seeds run ``seed``, ``seed + 1``, ... from the base params. DVC skips the stages whose
 inputs did not change since the workspace's last run, and the variants that share a trained model run
 back to back (:func:`training_order`), so the sampling-only tables (5, 6) reuse the trained model and
 the rows that several tables share (the paper's defaults) train once. With ``--jobs 1`` (the default;
@@ -15,13 +18,17 @@ on 2 cores one training already uses both) the experiments run one after another
 with ``--jobs N`` they go through DVC's experiment queue, ``N`` at a time in temporary copies.
 
 MLflow (experiment ``reactdiff-ablations``): one parent run per table and campaign, one child run per
-variant with the full params, every metric of ``evaluate`` (per coefficient subset), the training
+variant and seed (named ``table2 / without h / seed 1``, tagged ``reactdiff.seed``) with the full params,
+the windows and features it used as MLflow datasets (digest: their hash in the experiment's
+``dvc.lock``), every metric of ``evaluate`` (per coefficient subset), the training
 curve as metric history, and the plots and reports as artifacts; tagged with the DVC experiment name
 and revision and the git commit. The stage runs themselves stay in the ``reactdiff`` experiment, tagged
 with the same DVC experiment name. A campaign groups one batch: by default ``abl-<commit>`` plus a hash
 of the ``--set`` overrides, so a rerun with the same code and overrides resumes the same campaign.
 
-The report is built from MLflow's records only (:func:`reactdiff.ablations.build_report`).
+The report is built from MLflow's records only (:func:`reactdiff.ablations.build_report`): each cell
+is the mean over the recorded seeds with its standard error, and each claim of the paper is judged
+"holds", "does not hold" or "within noise" against that noise.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +64,8 @@ EXPERIMENT = "reactdiff-ablations"
 REPORT_DIR = Path("reports")
 TARGET_STAGE = "evaluate"
 GIT_TRACKED_DIRS = ("metrics", "plots", "reports")
+DATASETS = {"windows": "training", "features": "evaluation"}
+"""The stage outputs a variant's model was trained on and its samples were scored on."""
 GIT_TRACKED_OUTPUTS = (
     "metrics/evaluate.json",
     "metrics/train.json",
@@ -161,8 +170,7 @@ def _client():
 
 
 def _experiment_id(client) -> str:
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    return exp.experiment_id if exp else client.create_experiment(EXPERIMENT)
+    return tracking.experiment_id(client, EXPERIMENT)
 
 
 def table_parent(
@@ -195,12 +203,19 @@ def table_parent(
     return run.info.run_id
 
 
-def finished_variants(client, experiment_id: str, parent: str) -> set[str]:
+def _run_seed(run) -> int | None:
+    seed = run.data.tags.get("reactdiff.seed", run.data.params.get("seed"))
+    return None if seed is None else int(seed)
+
+
+def finished_variants(client, experiment_id: str, parent: str) -> set[tuple[str, int | None]]:
+    """``{(variant label, seed)}`` recorded as finished child runs of the table run ``parent``."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'FINISHED'",
+        max_results=10_000,
     )
-    return {r.data.tags.get("reactdiff.variant", "") for r in runs}
+    return {(r.data.tags.get("reactdiff.variant", ""), _run_seed(r)) for r in runs}
 
 
 def _metric_batch(values: Mapping[str, float], step: int = 0, timestamp: int | None = None):
@@ -224,9 +239,11 @@ def record_variant(
     campaign: str,
     exp_name: str,
     rev: str,
+    seed: int,
 ) -> str:
     """One child run for a finished experiment, from the files of its commit."""
-    files = {path: read_experiment_file(rev, path) for path in (*GIT_TRACKED_OUTPUTS, "params.yaml")}
+    paths = (*GIT_TRACKED_OUTPUTS, "params.yaml", "dvc.lock")
+    files = {path: read_experiment_file(rev, path) for path in paths}
     if files["metrics/evaluate.json"] is None:
         raise RuntimeError(f"experiment {exp_name} ({rev[:7]}) has no metrics/evaluate.json: did it fail?")
     evaluation = json.loads(files["metrics/evaluate.json"])
@@ -236,13 +253,16 @@ def record_variant(
         "reactdiff.role": "variant",
         "reactdiff.table": table.name,
         "reactdiff.variant": str(variant.label),
+        "reactdiff.seed": str(seed),
         "reactdiff.campaign": campaign,
         "mlflow.parentRunId": parent,
         "dvc_exp_name": exp_name,
         "dvc_exp_rev": rev,
         "git_commit": tracking.git_commit() or "",
     }
-    run = client.create_run(experiment_id, run_name=f"{table.name}/{variant.label}", tags=tags)
+    run = client.create_run(
+        experiment_id, run_name=f"{table.name} / {variant.label} / seed {seed}", tags=tags
+    )
     run_id = run.info.run_id
     metrics = {f"{subset}.{k}": v for subset, values in evaluation.items() for k, v in values.items()}
     metrics |= {f"train.{k}": v for k, v in training.items() if isinstance(v, (int, float))}
@@ -258,6 +278,7 @@ def record_variant(
             batch += _metric_batch(values, step=step, timestamp=now)
     _log_metrics(client, run_id, batch)
     tracking.log_params(params, run_id=run_id)
+    tracking.log_datasets(DATASETS, run_id=run_id, lock_text=files["dvc.lock"])
     with tempfile.TemporaryDirectory() as tmp:
         for path in ("plots/train_loss.csv", "reports/evaluate.md"):
             if files[path] is not None:
@@ -305,20 +326,67 @@ def workspace_snapshot(params_path: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in paths if p.is_file()}
 
 
+def _training_key(params: Mapping[str, Any]) -> tuple:
+    return tuple((k, v) for k, v in params.items() if not k.startswith("sample."))
+
+
 def training_order(overrides: Sequence[Mapping[str, Any]]) -> list[int]:
     """Run order of variants: those that share a trained model one after another, first seen first.
 
-    DVC's run cache does not serve the ``train`` stage (it has git-tracked, uncached metric and plot
-    outputs), so a training configuration is reused only while the workspace still holds it: the
-    paper's default row of Tables 2-6 and 13 trains once when those variants run back to back, and the
-    sampling-only variants then only resample. The order within a group keeps the tables' order.
+    ``overrides``: each variant's params (its ablation keys and, in a campaign, its ``seed``); all but
+    the ``sample.*`` keys decide the trained model. DVC's run cache does not serve the ``train`` stage
+    (it has git-tracked, uncached metric and plot outputs), so a training configuration is reused only
+    while the workspace still holds it: the paper's default row of Tables 2-6 and 13 trains once per
+    seed when those variants run back to back, and the sampling-only variants then only resample. The
+    order within a group keeps the tables' order.
     """
     first_seen: dict[tuple, int] = {}
-    keys = []
-    for params in overrides:
-        training = tuple((k, params[k]) for k in ABLATION_KEYS if not k.startswith("sample."))
-        keys.append(first_seen.setdefault(training, len(first_seen)))
+    keys = [first_seen.setdefault(_training_key(params), len(first_seen)) for params in overrides]
     return sorted(range(len(overrides)), key=lambda i: (keys[i], i))
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class Progress:
+    """``variant k of n`` lines for a campaign, with the time elapsed and an estimate of the time left.
+
+    Experiments that train a model and those that only resample one take very different times, so
+    each kind is timed on its own and the estimate adds the remaining ones of each kind at their mean
+    (a kind not seen yet counts at the other kind's mean).
+    """
+
+    def __init__(self, trains: Sequence[bool], clock: Callable[[], float] = time.perf_counter) -> None:
+        self.trains = list(trains)
+        self.clock = clock
+        self.started = clock()
+        self.seconds: dict[bool, list[float]] = {True: [], False: []}
+        self.done = 0
+
+    def _left(self) -> str:
+        rest = self.trains[self.done :]
+        means = {kind: sum(t) / len(t) for kind, t in self.seconds.items() if t}
+        if not means:
+            return "time left not known yet"
+        fallback = sum(means.values()) / len(means)
+        return f"about {_duration(sum(means.get(kind, fallback) for kind in rest))} left"
+
+    def begin(self, name: str) -> str:
+        self._t0 = self.clock()
+        kind = "train and sample" if self.trains[self.done] else "resample"
+        return (
+            f"[ablations] variant {self.done + 1} of {len(self.trains)}: {name} ({kind}); elapsed "
+            f"{_duration(self._t0 - self.started)}, {self._left()}"
+        )
+
+    def end(self) -> float:
+        seconds = self.clock() - self._t0
+        self.seconds[self.trains[self.done]].append(seconds)
+        self.done += 1
+        return seconds
 
 
 def run_tables(
@@ -327,52 +395,61 @@ def run_tables(
     campaign: str,
     jobs: int = 1,
     params_path: Path = DEFAULT_PARAMS,
+    seeds: int = 1,
 ) -> None:
+    """Run every variant of ``tables`` with ``seeds`` seeds (``seed``, ``seed + 1``, ... of the base params)
+    as DVC experiments and record each in MLflow; variants and seeds already recorded are skipped."""
+    if seeds < 1:
+        raise SystemExit(f"--seeds {seeds}: need at least one seed")
     base = base_params(params_path, sets)
     ablation_base = {k: base[k] for k in ABLATION_KEYS}
     client = _client()
     experiment_id = _experiment_id(client)
-    todo: list[tuple[AblationTable, Variant, str, str]] = []
-    for table in tables:
-        parent = table_parent(client, experiment_id, table, campaign, base, sets)
-        done = finished_variants(client, experiment_id, parent)
-        for variant in table.variants:
-            if str(variant.label) in done:
-                print(f"[ablations] {table.name} / {variant.label}: recorded in MLflow, skipped", flush=True)
-                continue
-            todo.append((table, variant, parent, f"{campaign}-{table.name}-{variant.slug()}"))
-    order = training_order([variant_overrides(v, ablation_base) for _, v, _, _ in todo])
-    todo = [todo[i] for i in order]
+    parents = {t.name: table_parent(client, experiment_id, t, campaign, base, sets) for t in tables}
+    done = {t.name: finished_variants(client, experiment_id, parents[t.name]) for t in tables}
+    todo: list[tuple[AblationTable, Variant, int, dict[str, Any], str]] = []
+    for seed in range(base["seed"], base["seed"] + seeds):  # seed-major: an early stop leaves whole seeds
+        for table in tables:
+            for variant in table.variants:
+                if (str(variant.label), seed) in done[table.name]:
+                    print(f"[ablations] {table.name} / {variant.label} / seed {seed}: recorded, skipped")
+                    continue
+                overrides = {**variant_overrides(variant, ablation_base), "seed": seed}
+                name = f"{campaign}-{table.name}-{variant.slug()}-s{seed}"
+                todo.append((table, variant, seed, overrides, name))
+    todo = [todo[i] for i in training_order([item[3] for item in todo])]
     print(f"[ablations] campaign {campaign}: {len(todo)} variant(s) to run or record", flush=True)
     if not todo:
         return
 
+    keys = [_training_key(item[3]) for item in todo]
+    progress = Progress([i == 0 or keys[i] != keys[i - 1] for i in range(len(todo))])
     saved = workspace_snapshot(params_path)
-    started = time.perf_counter()
     try:
-        pending = [(t, v, parent, name) for t, v, parent, name in todo if experiment_rev(name) is None]
+        pending = [item for item in todo if experiment_rev(item[4]) is None]
         if jobs > 1 and pending:
-            for _, variant, _, name in pending:
-                _dvc(*experiment_command(name, variant_overrides(variant, ablation_base), sets, queue=True))
+            for *_, overrides, name in pending:
+                _dvc(*experiment_command(name, overrides, sets, queue=True))
             _dvc("exp", "run", "--run-all", "--jobs", str(jobs))
-        for table, variant, parent, name in todo:
+        for table, variant, seed, overrides, name in todo:
+            print(progress.begin(name), flush=True)
             rev = experiment_rev(name)
             if rev is None:
-                t0 = time.perf_counter()
-                print(f"[ablations] {name}: dvc exp run", flush=True)
-                _dvc(*experiment_command(name, variant_overrides(variant, ablation_base), sets, queue=False))
+                _dvc(*experiment_command(name, overrides, sets, queue=False))
                 rev = experiment_rev(name)
-                print(f"[ablations] {name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
             if rev is None:
                 raise RuntimeError(f"DVC experiment {name} did not produce a commit; see the log above")
-            run_id = record_variant(client, experiment_id, parent, table, variant, campaign, name, rev)
-            print(f"[ablations] {name}: MLflow run {run_id}", flush=True)
+            run_id = record_variant(
+                client, experiment_id, parents[table.name], table, variant, campaign, name, rev, seed
+            )
+            print(f"[ablations] {name}: done in {progress.end():.0f} s, MLflow run {run_id}", flush=True)
     finally:
         for path, content in saved.items():  # the workspace goes back to where the batch started
             path.write_bytes(content)
         if jobs <= 1:
             _dvc("checkout", "--quiet", check=False)
-    print(f"[ablations] campaign {campaign}: {len(todo)} variant(s) in {time.perf_counter() - started:.0f} s")
+    took = _duration(progress.clock() - progress.started)
+    print(f"[ablations] campaign {campaign}: {len(todo)} variant(s) in {took}")
 
 
 # -- report --------------------------------------------------------------------------------------------
@@ -391,15 +468,15 @@ def latest_campaign(client, experiment_id: str) -> str:
 
 def load_records(
     client, experiment_id: str, campaigns: Sequence[str], subset: str
-) -> tuple[dict[str, dict[Any, dict[str, float]]], dict[str, list[str]]]:
-    """Metrics of ``subset`` per table and variant from the variant runs of ``campaigns`` in MLflow.
+) -> tuple[dict[str, dict[Any, list[dict[str, float]]]], dict[str, list[str]]]:
+    """Metrics of ``subset`` per table, variant and seed from the variant runs of ``campaigns`` in MLflow.
 
-    Returns ``({table: {variant label: metrics}}, {table: [campaigns that provided its rows]})``. A
-    variant recorded by several of the campaigns takes the record of the last campaign listed (and of
-    the latest run within it).
+    Returns ``({table: {variant label: [metrics of each seed]}}, {table: [campaigns that provided its
+    rows]})``, seeds in increasing order. A variant and seed recorded by several of the campaigns takes
+    the record of the last campaign listed (and of the latest run within it).
     """
     labels = {(t.name, str(v.label)): v.label for t in select_tables(None) for v in t.variants}
-    records: dict[str, dict[Any, dict[str, float]]] = {}
+    by_seed: dict[str, dict[Any, dict[int | None, dict[str, float]]]] = {}
     sources: dict[str, list[str]] = {}
     prefix = f"{subset}."
     for campaign in campaigns:
@@ -414,9 +491,16 @@ def load_records(
             if label is None:
                 continue
             metrics = {k[len(prefix) :]: v for k, v in run.data.metrics.items() if k.startswith(prefix)}
-            records.setdefault(table, {})[label] = metrics
+            by_seed.setdefault(table, {}).setdefault(label, {})[_run_seed(run)] = metrics
             if campaign not in sources.setdefault(table, []):
                 sources[table].append(campaign)
+    records = {
+        table: {
+            label: [seeds[s] for s in sorted(seeds, key=lambda s: -1 if s is None else s)]
+            for label, seeds in rows.items()
+        }
+        for table, rows in by_seed.items()
+    }
     return records, sources
 
 
@@ -477,6 +561,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     run.add_argument(
         "--campaign", help="name of this batch in MLflow (default: abl-<commit>[-<hash of --set>])"
     )
+    run.add_argument(
+        "--seeds", type=int, default=1, help="seeds per variant (seed, seed + 1, ... of params.yaml)"
+    )
     run.add_argument("--jobs", type=int, default=1, help="experiments at a time (>1: DVC queue in temp dirs)")
     run.add_argument("--no-report", action="store_true", help="skip writing reports/ablations.* at the end")
     report = sub.add_parser("report", help="reports/ablations.{md,csv} from MLflow's records")
@@ -498,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "run":
         sets = parse_sets(args.sets)
         campaign = args.campaign or campaign_name(sets)
-        run_tables(tables, sets, campaign, jobs=args.jobs)
+        run_tables(tables, sets, campaign, jobs=args.jobs, seeds=args.seeds)
         if not args.no_report:
             print(f"[ablations] report: {write_report([campaign], 'all', tables, REPORT_DIR)}")
     else:

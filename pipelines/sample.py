@@ -23,6 +23,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -65,6 +66,11 @@ def fingerprint(params: Params) -> str:
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:16]
+
+
+def example_seeds(seed: int, split: str, examples: Sequence[Mapping[str, str]]) -> list[int]:
+    """The noise seed of each example: the run's ``seed`` and the example's identity, nothing else."""
+    return [derive_seed(seed, f"{split}|{e['speaker']}|{e['listener']}") for e in examples]
 
 
 @lru_cache(maxsize=1)
@@ -148,7 +154,7 @@ def sample_group(index: int, examples: list[dict], params: Params, scratch: str)
             np.stack([c.face[:n] for c in speakers]),
             np.stack([c.audio[:n] for c in speakers]),
             np.stack([c.face[0] for c in listeners]),
-            [derive_seed(params.seed, f"{cfg.split}|{e['speaker']}|{e['listener']}") for e in batch],
+            example_seeds(params.seed, cfg.split, batch),
         )
         tables += [reactions_table(e["session"], e, r) for e, r in zip(batch, reactions, strict=True)]
         windows += len(batch) * -(-n // w)
@@ -215,8 +221,10 @@ def main() -> None:
     import mlflow
 
     parent = tracking.read_run_id()
-    with tracking.start_run("sample", parent_run_id=parent, run_name=f"sample-{cfg.solver}-{cfg.steps}"):
+    detail = f"{cfg.solver}-{cfg.steps}"
+    with tracking.start_run("sample", detail=detail, seed=params.seed, parent_run_id=parent):
         tracking.log_params({"seed": params.seed, "sample": cfg.model_dump()})
+        tracking.log_datasets({str(FEATURES): "evaluation"})
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
         tracking.write_run_file(mlflow.active_run().info.run_id, RUN_FILE, parent_run_id=parent)
     shutil.rmtree(scratch)

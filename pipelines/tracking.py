@@ -8,6 +8,7 @@ Open the UI with ``mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -19,6 +20,10 @@ import reactdiff  # noqa: F401  (telemetry off before mlflow is imported)
 
 EXPERIMENT = "reactdiff"
 RUN_FILE = Path("models/mlflow_run.json")
+LOCK_FILE = Path("dvc.lock")
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+"""MLflow 3's UI opens an experiment of no kind on its GenAI overview of traces; this kind opens it on
+the runs table, which is where a model-training experiment is read."""
 
 
 def tracking_uri() -> str:
@@ -60,27 +65,107 @@ def run_tags(stage: str) -> dict[str, str]:
     return tags
 
 
+def experiment_id(client, name: str) -> str:
+    """The id of MLflow experiment ``name``, created on first use; either way marked model training."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name, tags={KIND_TAG: KIND})
+    if experiment.tags.get(KIND_TAG) != KIND:
+        client.set_experiment_tag(experiment.experiment_id, KIND_TAG, KIND)
+    return experiment.experiment_id
+
+
+def run_name(stage: str, detail: str | None = None, seed: int | None = None) -> str:
+    """What a run is, as the runs table shows it: ``sample sde-50 · lam-1e-3 · seed 0``.
+
+    The middle part is the DVC experiment's name when the stage runs under ``dvc exp run`` (DVC sets
+    ``DVC_EXP_NAME``); a plain ``dvc repro`` leaves it out.
+    """
+    parts = [f"{stage} {detail}" if detail else stage, os.environ.get("DVC_EXP_NAME")]
+    if seed is not None:
+        parts.append(f"seed {seed}")
+    return " · ".join(p for p in parts if p)
+
+
 def start_run(
-    stage: str, run_id: str | None = None, run_name: str | None = None, parent_run_id: str | None = None
+    stage: str,
+    run_id: str | None = None,
+    detail: str | None = None,
+    seed: int | None = None,
+    parent_run_id: str | None = None,
 ):
     """Start (or resume, given ``run_id``) a run of the pipeline's experiment, tagged per :func:`run_tags`.
 
-    ``parent_run_id`` makes it a child run: the stages after ``train`` log each sampling/evaluation
-    variant as a child of the training run, so variants that reuse one model sit under it in the UI.
+    A new run is named per :func:`run_name`. ``parent_run_id`` makes it a child run: the stages after
+    ``train`` log each sampling/evaluation variant as a child of the training run, so variants that
+    reuse one model sit under it in the UI.
     """
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
     if run_id is not None:
         return mlflow.start_run(run_id=run_id)
-    mlflow.set_experiment(os.environ.get("REACTDIFF_MLFLOW_EXPERIMENT", EXPERIMENT))
-    name = run_name or os.environ.get("DVC_EXP_NAME")
+    experiment = experiment_id(
+        mlflow.MlflowClient(), os.environ.get("REACTDIFF_MLFLOW_EXPERIMENT", EXPERIMENT)
+    )
     tags = run_tags(stage)
+    if seed is not None:
+        tags["seed"] = str(seed)
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-        if os.environ.get("DVC_EXP_NAME"):
-            name = f"{os.environ['DVC_EXP_NAME']}/{name}"
-    return mlflow.start_run(run_name=name, tags=tags)
+    return mlflow.start_run(experiment_id=experiment, run_name=run_name(stage, detail, seed), tags=tags)
+
+
+def content_digest(root: Path, length: int = 32) -> str:
+    """SHA-256 over the relative paths and bytes of every file under ``root``, in path order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+def dvc_hash(path: str, lock_text: str | None) -> str | None:
+    """The hash ``dvc.lock`` records for the stage output ``path`` (a folder's without ``.dir``)."""
+    if not lock_text:
+        return None
+    import yaml
+
+    for stage in (yaml.safe_load(lock_text) or {}).get("stages", {}).values():
+        for out in stage.get("outs", []):
+            if out.get("path") == path:
+                value = out.get("md5") or out.get("hash")
+                return str(value).removesuffix(".dir") if value else None
+    return None
+
+
+def log_datasets(
+    contexts: Mapping[str, str], run_id: str | None = None, lock_text: str | None = None
+) -> dict[str, str]:
+    """Log stage outputs a run read as MLflow datasets: ``{path: context}`` (``"training"``, ...).
+
+    The digest is the hash DVC recorded for the output in ``lock_text`` (default: the workspace's
+    ``dvc.lock``), so the runs table's Dataset column tells runs on different data apart at a glance
+    and names the same data as ``dvc.lock`` does; an output DVC has not recorded gets the SHA-256 of
+    its files. Logs to ``run_id``, or to the active run. Returns ``{path: digest}``.
+    """
+    import mlflow
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    if lock_text is None and LOCK_FILE.exists():
+        lock_text = LOCK_FILE.read_text()
+    digests, inputs = {}, []
+    for path, context in contexts.items():
+        digest = dvc_hash(path, lock_text) or content_digest(Path(path))
+        source = json.dumps({"uri": str(Path(path).resolve())})
+        dataset = Dataset(name=path, digest=digest, source_type="local", source=source)
+        inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", context)]))
+        digests[path] = digest
+    run_id = run_id or mlflow.active_run().info.run_id
+    mlflow.MlflowClient(tracking_uri()).log_inputs(run_id, datasets=inputs)
+    return digests
 
 
 def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:

@@ -13,7 +13,6 @@ changes the training trajectory, so a run with other params never resumes from i
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import shutil
 from pathlib import Path
@@ -61,13 +60,7 @@ def train_config(params: Params) -> TrainConfig:
 
 def data_id(windows: Path = WINDOWS) -> str:
     """Content hash of the training windows, so a checkpoint never resumes on other data."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in windows.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(windows)).encode())
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+    return tracking.content_digest(windows, 16)
 
 
 def loss_curve_csv(history: list[dict], val: list[dict]) -> str:
@@ -104,9 +97,10 @@ def main() -> None:
     if rank0:
         # An interrupted run continues in the same MLflow run as it continues from the same checkpoint.
         previous = run_marker.read_text().strip() if run_marker.exists() and scratch.exists() else None
-        run = tracking.start_run("train", run_id=previous)
+        run = tracking.start_run("train", run_id=previous, seed=params.seed)
         if previous is None:
             tracking.log_params({"lambda": params.fac_weight, **params.model_dump(exclude={"fac_weight"})})
+            tracking.log_datasets({str(WINDOWS): "training"})
             run_marker.parent.mkdir(parents=True, exist_ok=True)
             run_marker.write_text(run.info.run_id)
 

@@ -14,11 +14,13 @@ change sampling only, so their variants reuse the trained model (``train`` does 
 ``sample.*``).
 
 :func:`build_report` turns the recorded metrics of the variants (read from MLflow by
-``pipelines/ablations.py``) into one table per study with the paper's numbers
-(``paper_tables.json``) beside ours, and checks the paper's qualitative claims (:class:`Claim`) on the
-reproduced numbers. Realism: the paper's FVD needs an I3D video network that cannot be downloaded here;
-we show our Frechet distances (``FD_stats``, ``FD_dynamics``, ``FD_learned`` when evaluated) beside it,
-under their own names. ``Jitter`` (mean squared frame-to-frame acceleration) measures smoothness directly.
+``pipelines/ablations.py``, one run per seed) into one table per study with the paper's numbers
+(``paper_tables.json``) beside ours, each of ours the mean over seeds with its standard error
+(:class:`Estimate`), and judges the paper's qualitative claims (:class:`Claim`) on the reproduced
+numbers against that noise: holds, does not hold, or within noise. Realism: the paper's FVD needs an
+I3D video network that cannot be downloaded here; we show our Frechet distances (``FD_stats``,
+``FD_dynamics``, ``FD_learned`` when evaluated) beside it, under their own names. ``Jitter`` (mean
+squared frame-to-frame acceleration) measures smoothness directly.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "TABLES",
     "AblationTable",
     "Claim",
+    "Estimate",
     "Variant",
     "build_report",
     "select_tables",
@@ -74,15 +77,48 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class Estimate:
+    """A metric over seeds: the mean, its standard error (``None`` for a single value), the count."""
+
+    mean: float
+    se: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float | None]) -> Estimate | None:
+        """Mean and standard error of the mean (sample standard deviation over ``sqrt(n)``) of the finite
+        values; ``None`` when there are none."""
+        finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+        if not finite:
+            return None
+        n = len(finite)
+        mean = math.fsum(finite) / n
+        se = math.sqrt(math.fsum((v - mean) ** 2 for v in finite) / (n - 1) / n) if n > 1 else None
+        return cls(mean, se, n)
+
+
+Rows = Mapping[Any, Mapping[str, Estimate]]
+"""``{row label: {metric: estimate}}``: one table's rows as a claim checks them."""
+
+HOLDS, FAILS, NOISE, MISSING = "holds", "does not hold", "within noise", "not measured"
+VERDICTS = (HOLDS, FAILS, NOISE, MISSING)
+NOISE_SES = 2.0
+"""A difference counts when it exceeds this many standard errors (of the difference of two means)."""
+
+
+@dataclass(frozen=True)
 class Claim:
     """A qualitative statement of the paper about one table, checkable on any set of rows.
 
-    ``check(rows)`` gets ``{row label: metrics}`` and returns whether the statement holds, or ``None``
-    when a metric it needs is missing.
+    ``check(rows)`` gets ``{row label: {metric: Estimate}}`` and returns a verdict: :data:`HOLDS`,
+    :data:`FAILS` (the difference goes the wrong way by more than :data:`NOISE_SES` standard errors),
+    :data:`NOISE` (it is within that many standard errors either way) or :data:`MISSING` (a metric it
+    needs is absent). Rows with a single value each (one seed; the paper's numbers) have no standard
+    error, and the sign of the difference decides.
     """
 
     text: str
-    check: Callable[[Mapping[Any, Metrics]], bool | None]
+    check: Callable[[Rows], str]
 
 
 @dataclass(frozen=True)
@@ -112,55 +148,74 @@ class AblationTable:
 # -- claims -----------------------------------------------------------------------------------------
 
 
-def _get(rows: Mapping[Any, Metrics], label: Any, metric: str) -> float | None:
-    value = rows.get(label, {}).get(metric)
-    return None if value is None or not math.isfinite(value) else float(value)
+def _get(rows: Rows, label: Any, metric: str) -> Estimate | None:
+    return rows.get(label, {}).get(metric)
 
 
-def _compare(a: Any, metric: str, op: str, b: Any) -> Callable[[Mapping[Any, Metrics]], bool | None]:
+def _exceeds(x: Estimate, y: Estimate) -> str:
+    """Verdict on "``x`` is larger than ``y``"."""
+    diff = x.mean - y.mean
+    if x.se is None or y.se is None:
+        return HOLDS if diff > 0 else FAILS
+    margin = NOISE_SES * math.hypot(x.se, y.se)
+    return HOLDS if diff > margin else FAILS if diff < -margin else NOISE
+
+
+def _combine(verdicts: Sequence[str]) -> str:
+    """All of several statements: missing if any is, fails if any fails, holds if all hold."""
+    for verdict in (MISSING, FAILS):
+        if verdict in verdicts:
+            return verdict
+    return HOLDS if all(v == HOLDS for v in verdicts) else NOISE
+
+
+def _compare(a: Any, metric: str, op: str, b: Any) -> Callable[[Rows], str]:
     """``rows[a][metric] <op> rows[b][metric]`` with op ``>`` or ``<``."""
 
-    def check(rows: Mapping[Any, Metrics]) -> bool | None:
+    def check(rows: Rows) -> str:
         x, y = _get(rows, a, metric), _get(rows, b, metric)
         if x is None or y is None:
-            return None
-        return x > y if op == ">" else x < y
+            return MISSING
+        return _exceeds(x, y) if op == ">" else _exceeds(y, x)
 
     return check
 
 
-def _all_of(*checks: Callable[[Mapping[Any, Metrics]], bool | None]):
-    def check(rows: Mapping[Any, Metrics]) -> bool | None:
-        results = [c(rows) for c in checks]
-        return None if any(r is None for r in results) else all(results)
+def _all_of(*checks: Callable[[Rows], str]) -> Callable[[Rows], str]:
+    def check(rows: Rows) -> str:
+        return _combine([c(rows) for c in checks])
 
     return check
 
 
-def _best(label: Any, metric: str, higher_is_better: bool):
+def _best(label: Any, metric: str, higher_is_better: bool) -> Callable[[Rows], str]:
     """Row ``label`` has the best ``metric`` of all rows that have it."""
 
-    def check(rows: Mapping[Any, Metrics]) -> bool | None:
-        values = {k: _get(rows, k, metric) for k in rows}
-        values = {k: v for k, v in values.items() if v is not None}
+    def check(rows: Rows) -> str:
+        values = {k: v for k in rows if (v := _get(rows, k, metric)) is not None}
         if label not in values or len(values) < 2:
-            return None
-        best = max(values.values()) if higher_is_better else min(values.values())
-        return values[label] == best
+            return MISSING
+        mine = values[label]
+        others = [v for k, v in values.items() if k != label]
+        return _combine([_exceeds(mine, v) if higher_is_better else _exceeds(v, mine) for v in others])
 
     return check
 
 
-def _interior_peak(metric: str):
-    """The best ``metric`` is at neither end of an ordered sweep."""
+def _interior_peak(metric: str) -> Callable[[Rows], str]:
+    """The highest ``metric`` of an ordered sweep is at neither end."""
 
-    def check(rows: Mapping[Any, Metrics]) -> bool | None:
-        values = [(k, _get(rows, k, metric)) for k in rows]
-        values = [(k, v) for k, v in values if v is not None]
+    def check(rows: Rows) -> str:
+        values = [v for k in rows if (v := _get(rows, k, metric)) is not None]
         if len(values) < 3:
-            return None
-        best = max(range(len(values)), key=lambda i: values[i][1])
-        return 0 < best < len(values) - 1
+            return MISSING
+        ends, interior = [values[0], values[-1]], values[1:-1]
+        peak = max(values, key=lambda v: v.mean)
+        if any(peak is v for v in interior):
+            return _combine([_exceeds(peak, end) for end in ends])
+        # The peak is at an end: the claim fails only if that end beats every interior row clearly.
+        against = [_exceeds(peak, v) for v in interior]
+        return FAILS if all(v == HOLDS for v in against) else NOISE
 
     return check
 
@@ -366,11 +421,20 @@ def format_param(value: Any) -> str:
 # -- the report -------------------------------------------------------------------------------------
 
 
-def _paper_rows(table: AblationTable) -> dict[Any, dict[str, float]]:
+def _paper_rows(table: AblationTable) -> dict[Any, dict[str, Estimate]]:
     rows = {}
     for row in paper_tables()[table.key]:
-        rows[row["variant"]] = {k: v for k, v in row.items() if k != "variant" and v is not None}
+        rows[row["variant"]] = {
+            k: Estimate(float(v), None, 1) for k, v in row.items() if k != "variant" and v is not None
+        }
     return rows
+
+
+def summarise(runs: Sequence[Metrics]) -> dict[str, Estimate]:
+    """One variant's runs (one per seed) -> ``{metric: Estimate}`` over the runs that have the metric."""
+    names = dict.fromkeys(name for run in runs for name in run)
+    estimates = {name: Estimate.of([run.get(name) for run in runs]) for name in names}
+    return {name: e for name, e in estimates.items() if e is not None}
 
 
 def _fmt(value: Any) -> str:
@@ -382,12 +446,20 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if abs(value) >= 1e-3 else f"{value:.2e}"
 
 
-def _verdict(result: bool | None) -> str:
-    return {True: "holds", False: "does not hold", None: "not measured"}[result]
+def _fmt_estimate(estimate: Estimate | None) -> str:
+    if estimate is None:
+        return "-"
+    if estimate.se is None:
+        return _fmt(estimate.mean)
+    return f"{_fmt(estimate.mean)} ± {_fmt(estimate.se)}"
+
+
+def _count(verdicts: Sequence[str]) -> str:
+    return ", ".join(f"{v}: {verdicts.count(v)}" for v in VERDICTS)
 
 
 def build_report(
-    records: Mapping[str, Mapping[Any, Metrics]],
+    records: Mapping[str, Mapping[Any, Sequence[Metrics]]],
     tables: Sequence[AblationTable] = TABLES,
     *,
     subset: str = "all",
@@ -397,56 +469,67 @@ def build_report(
 ) -> tuple[str, pd.DataFrame]:
     """Markdown and a long-format frame of every table, ours beside the paper's numbers.
 
-    ``records``: ``{table name: {row label: metrics}}``, the metrics of one coefficient ``subset``
-    (names without the subset prefix). A variant without a record shows ``-`` and its claims are
-    "not measured". The frame has one row per (table, variant, metric, source) with ``source`` ``ours``
-    or ``paper``; the Markdown has one table per study and the claims with their verdicts on our numbers
-    and on the paper's. ``table_notes``: a line under a table's title (e.g. where its rows come from).
+    ``records``: ``{table name: {row label: [metrics of one run per seed]}}``, the metrics of one
+    coefficient ``subset`` (names without the subset prefix). Each of our cells is the mean over seeds
+    plus or minus its standard error (a single seed: the value alone). A variant without a record shows
+    ``-`` and its claims are "not measured". Claims are judged on our rows and on the paper's
+    (:class:`Claim`); a summary under the title counts the verdicts. The frame has one row per (table,
+    variant, metric, source) with ``source`` ``ours`` or ``paper``, the mean as ``value``, its ``se``
+    and the number of seeds ``n``.
     """
-    lines = [f"# {title}", "", f"Coefficient subset: **{subset}**.", *notes, ""]
+    body: list[str] = []
     long_rows: list[dict[str, Any]] = []
+    ours_verdicts: list[str] = []
+    paper_verdicts: list[str] = []
     for table in tables:
-        ours = records.get(table.name, {})
+        ours = {label: summarise(runs) for label, runs in records.get(table.name, {}).items()}
         paper = _paper_rows(table)
         ours_cols = [c for c in table.metrics if c != "FVD"]
         realism = [c for c in REALISM_COLUMNS if any(c in ours.get(v.label, {}) for v in table.variants)]
         columns = [*ours_cols, *realism, "Jitter"]
-        header = ["variant", *[f"{c}" for c in columns], *[f"paper {c}" for c in table.metrics]]
-        lines += [f"## {table.title}", ""]
+        header = ["variant", "seeds", *columns, *[f"paper {c}" for c in table.metrics]]
+        body += [f"## {table.title}", ""]
         if table_notes and table.name in table_notes:
-            lines += [table_notes[table.name], ""]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            body += [table_notes[table.name], ""]
+        body += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for variant in table.variants:
             mine = ours.get(variant.label, {})
             theirs = paper.get(variant.label, {})
-            cells = [str(variant.label)]
-            cells += [_fmt(mine.get(c)) for c in columns]
-            cells += [_fmt(theirs.get(c)) for c in table.metrics]
-            lines.append("| " + " | ".join(cells) + " |")
-            for metric in columns:
-                long_rows.append(
-                    {
-                        "table": table.name,
-                        "variant": str(variant.label),
-                        "metric": metric,
-                        "source": "ours",
-                        "value": mine.get(metric),
-                    }
-                )
-            for metric in table.metrics:
-                long_rows.append(
-                    {
-                        "table": table.name,
-                        "variant": str(variant.label),
-                        "metric": metric,
-                        "source": "paper",
-                        "value": theirs.get(metric),
-                    }
-                )
-        lines += ["", "| claim of the paper | on our numbers | on the paper's numbers |", "|---|---|---|"]
+            seeds = len(records.get(table.name, {}).get(variant.label, ()))
+            cells = [str(variant.label), str(seeds) if seeds else "-"]
+            cells += [_fmt_estimate(mine.get(c)) for c in columns]
+            cells += [_fmt_estimate(theirs.get(c)) for c in table.metrics]
+            body.append("| " + " | ".join(cells) + " |")
+            for source, metrics, estimates in (("ours", columns, mine), ("paper", table.metrics, theirs)):
+                for metric in metrics:
+                    e = estimates.get(metric)
+                    long_rows.append(
+                        {
+                            "table": table.name,
+                            "variant": str(variant.label),
+                            "metric": metric,
+                            "source": source,
+                            "value": None if e is None else e.mean,
+                            "se": None if e is None else e.se,
+                            "n": 0 if e is None else e.n,
+                        }
+                    )
+        body += ["", "| claim of the paper | on our numbers | on the paper's numbers |", "|---|---|---|"]
         for claim in table.claims:
-            lines.append(f"| {claim.text} | {_verdict(claim.check(ours))} | {_verdict(claim.check(paper))} |")
-        lines.append("")
+            mine, theirs = claim.check(ours), claim.check(paper)
+            ours_verdicts.append(mine)
+            paper_verdicts.append(theirs)
+            body.append(f"| {claim.text} | {mine} | {theirs} |")
+        body.append("")
+    summary = [
+        f"Claims of the paper, judged on our numbers: {_count(ours_verdicts)}.",
+        f"On the paper's own numbers: {_count(paper_verdicts)}.",
+        f"Our cells: mean ± standard error over seeds. A claim holds when the difference it states exceeds "
+        f"{NOISE_SES:g} standard errors of the difference, does not hold when it goes the wrong way by as "
+        "much, and is within noise otherwise; with one seed (and for the paper, which reports one number) "
+        "the sign decides.",
+    ]
+    lines = [f"# {title}", "", f"Coefficient subset: **{subset}**.", *summary, *notes, "", *body]
     return "\n".join(lines), pd.DataFrame(
-        long_rows, columns=["table", "variant", "metric", "source", "value"]
+        long_rows, columns=["table", "variant", "metric", "source", "value", "se", "n"]
     )

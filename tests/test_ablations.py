@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from pipelines import ablations as runner
+from reactdiff import ablations as abl
 from reactdiff.ablations import (
     ABLATION_KEYS,
     TABLES,
+    Estimate,
     build_report,
     format_param,
     select_tables,
@@ -146,63 +149,124 @@ def test_select_tables():
         select_tables(["table7"])
 
 
+def _seeds(**values: list[float]) -> list[dict[str, float]]:
+    """Per-seed metric dicts from per-metric lists: ``_seeds(FRCorr=[0.5, 0.6])``."""
+    n = max(len(v) for v in values.values())
+    return [{k: v[i] for k, v in values.items() if i < len(v)} for i in range(n)]
+
+
 def _records():
     return {
-        "table5": {
-            "ODE": {
-                "FRVar": 0.01,
-                "FRDiv": 0.02,
-                "FRCorr": 0.5,
-                "FRSyn": 30.0,
-                "FD_stats": 1.5,
-                "Jitter": 0.001,
-            },
-            "SDE": {
-                "FRVar": 0.02,
-                "FRDiv": 0.05,
-                "FRCorr": 0.4,
-                "FRSyn": 31.0,
-                "FD_stats": 1.2,
-                "Jitter": 0.002,
-            },
+        "table5": {  # three seeds each
+            "ODE": _seeds(
+                FRVar=[0.01, 0.01, 0.01],
+                FRDiv=[0.019, 0.02, 0.021],
+                FRCorr=[0.5, 0.5, 0.5],
+                FRSyn=[30.0, 30.0, 30.0],
+                FD_stats=[1.5, 1.5, 1.5],
+                Jitter=[0.001, 0.001, 0.001],
+            ),
+            "SDE": _seeds(
+                FRVar=[0.02, 0.02, 0.02],
+                FRDiv=[0.05, 0.05, 0.05],
+                FRCorr=[0.3, 0.5, 0.7],  # higher than ODE on average, but within noise
+                FRSyn=[31.0, 31.0, 31.0],
+                FD_stats=[1.2, 1.2, 1.2],
+                Jitter=[0.002, 0.002, 0.002],
+            ),
         },
-        "table4": {  # FRDvs missing on purpose for one row; FBK only not run at all
-            "neither": {"FRDvs": 0.3, "FRCorr": 0.2, "Jitter": 0.5},
-            "FAC only": {"FRDvs": 0.2, "FRCorr": 0.3, "Jitter": 0.4},
-            "FBK and FAC": {"FRCorr": 0.6, "Jitter": 0.1},
+        "table4": {  # one seed; FRDvs missing on purpose for one row; FBK only not run at all
+            "neither": [{"FRDvs": 0.3, "FRCorr": 0.2, "Jitter": 0.5}],
+            "FAC only": [{"FRDvs": 0.2, "FRCorr": 0.3, "Jitter": 0.4}],
+            "FBK and FAC": [{"FRCorr": 0.6, "Jitter": 0.1}],
         },
     }
 
 
-def test_report_places_ours_beside_the_paper_and_checks_claims():
+def _cells(markdown: str, header_start: str, row_start: str) -> dict[str, str]:
+    lines = markdown.splitlines()
+    header = next(line for line in lines if line.startswith(header_start))
+    row = next(line for line in lines if line.startswith(row_start))
+    split = lambda line: [c.strip() for c in line.strip("|").split("|")]  # noqa: E731
+    return dict(zip(split(header), split(row), strict=True))
+
+
+def test_report_places_ours_beside_the_paper_and_judges_claims_against_the_noise():
     tables = select_tables(["table4", "table5"])
     markdown, frame = build_report(_records(), tables)
-    lines = markdown.splitlines()
-    header = next(line for line in lines if line.startswith("| variant | FRVar"))
-    cells = [c.strip() for c in header.strip("|").split("|")]
-    ode = [
-        c.strip() for c in next(line for line in lines if line.startswith("| ODE |")).strip("|").split("|")
-    ]
-    row = dict(zip(cells, ode, strict=True))
-    assert row["FRDiv"] == "0.02" and row["FD_stats"] == "1.5" and row["Jitter"] == "0.001"
-    assert row["paper FRDiv"] == "0.0857" and row["paper FVD"] == "421.5"
+    ode = _cells(markdown, "| variant | seeds | FRVar", "| ODE |")
+    assert ode["seeds"] == "3" and ode["FRDiv"] == "0.02 ± 5.77e-04" and ode["FD_stats"] == "1.5 ± 0"
+    assert ode["paper FRDiv"] == "0.0857" and ode["paper FVD"] == "421.5"
     assert "| SDE sampling is more diverse than ODE (FRDiv higher) | holds | holds |" in markdown
-    assert "| SDE sampling is more appropriate than ODE (FRCorr higher) | does not hold | holds |" in markdown
-    # Table 4: the missing "FBK only" row shows dashes and its claims are not measured.
+    assert "| SDE sampling is more appropriate than ODE (FRCorr higher) | within noise | holds |" in markdown
+    # Table 4 (one seed): plain values; the missing "FBK only" row shows dashes, its claims not measured.
+    assert _cells(markdown, "| variant | seeds | FRDvs", "| neither |")["FRDvs"] == "0.3"
     assert re.search(r"\| FBK only \| - \| - \| - \| - \| - \|", markdown)
     assert "(Jitter higher: neither vs FBK only, FAC only vs both) | not measured |" in markdown
     assert "| both priors give the most appropriate reactions (best FRCorr) | holds |" in markdown
-    # The long CSV holds the same numbers.
+    # The summary under the title counts the verdicts of the 6 claims of these two tables.
+    assert (
+        "Claims of the paper, judged on our numbers: holds: 3, does not hold: 0, within noise: 1, "
+        "not measured: 2." in markdown
+    )
+    # The long CSV holds the same numbers, with the standard error and the number of seeds.
     frame = pd.read_csv(io.StringIO(frame.to_csv(index=False)))
     pick = frame[(frame.table == "table5") & (frame.variant == "SDE") & (frame.metric == "FRCorr")]
-    assert dict(zip(pick.source, pick.value, strict=True)) == {"ours": 0.4, "paper": 0.515}
+    ours, paper = pick[pick.source == "ours"].iloc[0], pick[pick.source == "paper"].iloc[0]
+    assert ours.value == pytest.approx(0.5) and ours.se == pytest.approx(0.2 / 3**0.5) and ours.n == 3
+    assert paper.value == 0.515 and pd.isna(paper.se) and paper.n == 1
+
+
+def test_estimate_is_the_mean_and_its_standard_error():
+    e = Estimate.of([1.0, 2.0, 3.0, 6.0])  # deviations -2, -1, 0, 3: sample variance 14 / 3
+    assert (e.mean, e.n) == (3.0, 4) and e.se == pytest.approx((14 / 3) ** 0.5 / 2)
+    assert Estimate.of([5.0]) == Estimate(5.0, None, 1)
+    assert Estimate.of([1.0, float("nan"), None, 3.0]) == Estimate(2.0, 1.0, 2)  # non-finite values skipped
+    assert Estimate.of([float("nan"), None]) is None
+
+
+def _rows(**rows: tuple[float, float | None]) -> dict[str, dict[str, Estimate]]:
+    return {label: {"m": Estimate(mean, se, 1 if se is None else 3)} for label, (mean, se) in rows.items()}
+
+
+def test_a_difference_counts_beyond_two_standard_errors():
+    higher = abl._compare("a", "m", ">", "b")
+    lower = abl._compare("a", "m", "<", "b")
+    # Standard error of the difference: hypot(0.1, 0.1) = 0.1414, so the margin is 0.283.
+    assert higher(_rows(a=(1.0, 0.1), b=(0.7, 0.1))) == abl.HOLDS  # 0.3 > 0.283
+    assert higher(_rows(a=(1.0, 0.1), b=(0.75, 0.1))) == abl.NOISE  # 0.25 < 0.283
+    assert higher(_rows(a=(0.75, 0.1), b=(1.0, 0.1))) == abl.NOISE
+    assert higher(_rows(a=(0.7, 0.1), b=(1.0, 0.1))) == abl.FAILS
+    assert lower(_rows(a=(0.7, 0.1), b=(1.0, 0.1))) == abl.HOLDS
+    assert higher(_rows(a=(1.0, 0.0), b=(1.0, 0.0))) == abl.NOISE  # identical over seeds: no difference
+    # Single values (one seed, or the paper's numbers): the sign decides.
+    assert higher(_rows(a=(1.0, None), b=(0.99, None))) == abl.HOLDS
+    assert higher(_rows(a=(0.99, None), b=(1.0, None))) == abl.FAILS
+    assert higher(_rows(a=(1.0, 0.1))) == abl.MISSING
+
+
+def test_best_all_of_and_interior_peak_combine_the_pairwise_verdicts():
+    best = abl._best("a", "m", higher_is_better=True)
+    assert best(_rows(a=(1.0, 0.05), b=(0.5, 0.05), c=(0.2, 0.05))) == abl.HOLDS
+    assert best(_rows(a=(1.0, 0.05), b=(0.95, 0.05), c=(0.2, 0.05))) == abl.NOISE  # b is as good
+    assert best(_rows(a=(1.0, 0.05), b=(1.5, 0.05), c=(0.2, 0.05))) == abl.FAILS
+    assert best(_rows(a=(1.0, 0.05))) == abl.MISSING
+    both = abl._all_of(abl._compare("a", "m", ">", "b"), abl._compare("a", "m", ">", "c"))
+    assert both(_rows(a=(1.0, 0.05), b=(0.5, 0.05), c=(0.95, 0.05))) == abl.NOISE
+    assert both(_rows(a=(1.0, 0.05), b=(1.5, 0.05), c=(0.95, 0.05))) == abl.FAILS
+    assert both(_rows(a=(1.0, 0.05), b=(0.5, 0.05))) == abl.MISSING
+    peak = abl._interior_peak("m")
+    assert peak(_rows(a=(0.2, 0.05), b=(1.0, 0.05), c=(0.3, 0.05))) == abl.HOLDS
+    assert peak(_rows(a=(0.9, 0.05), b=(1.0, 0.05), c=(0.3, 0.05))) == abl.NOISE  # a end is as high
+    assert peak(_rows(a=(1.0, 0.05), b=(0.5, 0.05), c=(0.3, 0.05))) == abl.FAILS
+    assert peak(_rows(a=(1.0, 0.05), b=(0.95, 0.05), c=(0.3, 0.05))) == abl.NOISE
+    assert peak(_rows(a=(1.0, None), b=(0.5, None), c=(0.3, None))) == abl.FAILS
 
 
 def test_claims_hold_on_the_papers_own_numbers_where_the_paper_states_them():
     for table in TABLES:
-        rows = {row["variant"]: row for row in paper_tables()[table.key]}
-        verdicts = [c.check(rows) for c in table.claims]
-        assert all(v in (True, None) for v in verdicts), (table.name, verdicts)
+        verdicts = [c.check(abl._paper_rows(table)) for c in table.claims]
+        assert all(v in (abl.HOLDS, abl.MISSING) for v in verdicts), (table.name, verdicts)
 
 
 def test_report_notes_under_a_table_title():
@@ -236,3 +300,55 @@ def test_variants_sharing_a_trained_model_run_back_to_back():
     rest = [f"{t.name}/{v.label}" for t, v in ran[13:]]
     assert rest[:3] == ["table3/no face, no audio", "table3/face only", "table3/audio only"]
     assert rest[-1] == "table13/0"
+
+
+def test_each_seed_trains_its_own_models_and_its_sampling_variants_share_them():
+    todo = [(seed, t, v) for seed in (0, 1) for t in TABLES for v in t.variants]
+    overrides = [{**variant_overrides(v, PAPER_DEFAULTS), "seed": seed} for seed, _, v in todo]
+    order = runner.training_order(overrides)
+    keys = [runner._training_key(overrides[i]) for i in order]
+    groups = [k for i, k in enumerate(keys) if i == 0 or k != keys[i - 1]]
+    assert len(groups) == len(set(groups)) == 28  # 14 models per seed, each group run back to back
+    seeds = [todo[i][0] for i in order]
+    assert seeds == sorted(seeds)  # a campaign stopped early leaves whole seeds
+
+
+def test_a_seed_reaches_both_training_and_sampling():
+    import yaml
+
+    from pipelines.sample import example_seeds
+    from pipelines.train import train_config
+
+    cmd = runner.experiment_command("n", {**PAPER_DEFAULTS, "seed": 2}, {}, False)
+    assert "seed=2" in [cmd[i + 1] for i, a in enumerate(cmd) if a == "-S"]
+    # DVC reruns a stage when a param it lists changes; both stages list the top-level seed ...
+    stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+    for stage in ("train", "sample"):
+        assert "seed" in stages[stage]["params"], stage
+    # ... and both read it: the training seed, and every example's sampling noise.
+    params = load_params()
+    reseeded = params.model_copy(update={"seed": 2})
+    assert train_config(reseeded).seed == 2 and train_config(params).seed == params.seed
+    examples = [{"speaker": "a", "listener": "b"}, {"speaker": "b", "listener": "a"}]
+    first, second = example_seeds(params.seed, "test", examples), example_seeds(2, "test", examples)
+    assert len(set(first) | set(second)) == 4  # every example's noise changes with the seed
+    assert example_seeds(2, "test", examples) == second  # and only with it
+
+
+def test_progress_times_training_and_resampling_experiments_apart():
+    now = [0.0]
+    progress = runner.Progress([True, False, False, True], clock=lambda: now[0])
+    assert progress.begin("a") == (
+        "[ablations] variant 1 of 4: a (train and sample); elapsed 0m00s, time left not known yet"
+    )
+    now[0] = 300.0
+    assert progress.end() == 300.0
+    # Left: two resamples (not timed yet: counted at the training mean) and one training: 3 x 300 s.
+    assert progress.begin("b").endswith("variant 2 of 4: b (resample); elapsed 5m00s, about 15m00s left")
+    now[0] = 360.0
+    progress.end()
+    # Left: one resample at 60 s and one training at 300 s.
+    assert progress.begin("c").endswith("elapsed 6m00s, about 6m00s left")
+    now[0] = 4000.0
+    progress.end()
+    assert "elapsed 1h06m40s" not in progress.begin("d") and "elapsed 1h06m" in progress.begin("d")

@@ -164,8 +164,9 @@ def test_dvc_exp_run_lambda_and_a_sampling_only_change(project):
 
 
 def test_ablation_table_runs_as_experiments_and_reports_from_mlflow(project):
-    # Table 5 (SDE vs ODE) on the tiny project: two DVC experiments that reuse the trained model, one
-    # MLflow parent run with a child per variant, and the report built from those records.
+    # Table 5 (SDE vs ODE) with two seeds on the tiny project: four DVC experiments (seed 0 reuses the
+    # trained model, seed 1 trains its own once), one MLflow parent run with a child per variant and
+    # seed, and the report built from those records with the standard error over the seeds.
     dest, env = project
     dvc = [sys.executable, "-m", "dvc"]
     _run([*dvc, "repro"], dest, env)
@@ -177,42 +178,62 @@ def test_ablation_table_runs_as_experiments_and_reports_from_mlflow(project):
     )
     params_before = (dest / "params.yaml").read_text()
     metrics_before = (dest / "metrics" / "evaluate.json").read_text()
-    log = _run([sys.executable, "-m", "pipelines.ablations", "run", "--tables", "table5"], dest, env)
-    assert "Running stage 'train'" not in log  # sampling-only variants reuse the model
+    args = [sys.executable, "-m", "pipelines.ablations", "run", "--tables", "table5", "--seeds", "2"]
+    log = _run(args, dest, env)
+    assert log.count("Running stage 'train'") == 1  # seed 1's model; seed 0 reuses the workspace's
+    assert "variant 1 of 4:" in log and "variant 4 of 4:" in log and "left" in log
     assert (dest / "params.yaml").read_text() == params_before  # the workspace is restored
     assert (dest / "metrics" / "evaluate.json").read_text() == metrics_before
     shown = _run([*dvc, "exp", "show", "--csv"], dest, env)
-    assert "table5-ode" in shown and "table5-sde" in shown
+    assert "table5-ode-s0" in shown and "table5-sde-s1" in shown
 
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{dest / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("reactdiff-ablations").experiment_id
-    runs = client.search_runs([experiment])
+    experiment = client.get_experiment_by_name("reactdiff-ablations")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs
+    runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("reactdiff.role") == "table"]
     children = [r for r in runs if r.data.tags.get("reactdiff.role") == "variant"]
     assert len(parents) == 1 and parents[0].data.tags["reactdiff.table"] == "table5"
-    assert sorted(r.data.tags["reactdiff.variant"] for r in children) == ["ODE", "SDE"]
-    for child in children:
+    by_key = {(r.data.tags["reactdiff.variant"], r.data.tags["reactdiff.seed"]): r for r in children}
+    assert sorted(by_key) == [("ODE", "0"), ("ODE", "1"), ("SDE", "0"), ("SDE", "1")]
+    for (variant, seed), child in by_key.items():
+        assert child.info.run_name == f"table5 / {variant} / seed {seed}"
         assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-        assert child.data.params["sample.solver"] == child.data.tags["reactdiff.variant"].lower()
+        assert child.data.params["sample.solver"] == variant.lower() and child.data.params["seed"] == seed
         assert {"all.FRCorr", "all.FRDiv", "pose.FRSyn", "all.Jitter"} <= set(child.data.metrics)
-        assert child.data.tags["dvc_exp_name"].endswith(child.data.params["sample.solver"])
+        assert child.data.tags["dvc_exp_name"].endswith(f"{variant.lower()}-s{seed}")
         curve = client.get_metric_history(child.info.run_id, "train.curve.loss")
         assert len(curve) >= 2 and curve[-1].step > curve[0].step
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
         assert "plots/train_loss.png" in artifacts
-    ode = next(r for r in children if r.data.tags["reactdiff.variant"] == "ODE")
-    sde = next(r for r in children if r.data.tags["reactdiff.variant"] == "SDE")
-    assert ode.data.metrics["all.FRDiv"] != sde.data.metrics["all.FRDiv"]
+        datasets = {i.dataset.name: i.dataset.digest for i in child.inputs.dataset_inputs}
+        lock = yaml.safe_load(_run(["git", "show", f"{child.data.tags['dvc_exp_rev']}:dvc.lock"], dest, env))
+        windows = next(o for o in lock["stages"]["windows"]["outs"] if o["path"] == "windows")
+        assert datasets["windows"] == windows["md5"].removesuffix(".dir") and "features" in datasets
+    # A seed reaches training (another model) and sampling (other noise, so other reactions).
+    for variant in ("ODE", "SDE"):
+        first, second = by_key[(variant, "0")].data.metrics, by_key[(variant, "1")].data.metrics
+        assert first["all.FRDiv"] != second["all.FRDiv"]
+    assert by_key[("ODE", "0")].data.metrics["train.loss"] != by_key[("ODE", "1")].data.metrics["train.loss"]
+    assert by_key[("ODE", "0")].data.metrics["train.loss"] == by_key[("SDE", "0")].data.metrics["train.loss"]
 
     report = (dest / "reports" / "ablations.md").read_text()
-    assert "## Table 5: SDE versus ODE sampling" in report and "| ODE |" in report
+    assert "## Table 5: SDE versus ODE sampling" in report and "| ODE | 2 |" in report and " ± " in report
     assert "SDE sampling is more diverse than ODE (FRDiv higher)" in report
+    assert "Claims of the paper, judged on our numbers: holds:" in report
     frame = pd.read_csv(dest / "reports" / "ablations.csv")
-    ours = frame[(frame.source == "ours") & (frame.metric == "FRDiv")].set_index("variant")["value"]
-    assert ours["ODE"] == pytest.approx(ode.data.metrics["all.FRDiv"])
+    ours = frame[(frame.source == "ours") & (frame.metric == "FRDiv")].set_index("variant")
+    runs_ode = [by_key[("ODE", s)].data.metrics["all.FRDiv"] for s in ("0", "1")]
+    assert ours.loc["ODE", "value"] == pytest.approx(np.mean(runs_ode)) and ours.loc["ODE", "n"] == 2
+    assert ours.loc["ODE", "se"] == pytest.approx(np.std(runs_ode, ddof=1) / np.sqrt(2))
 
-    # Resumable: a second run finds both variants recorded and runs nothing.
-    again = _run([sys.executable, "-m", "pipelines.ablations", "run", "--tables", "table5"], dest, env)
+    # The stage runs of the pipeline's own experiment say what they are too.
+    stage_runs = client.search_runs([client.get_experiment_by_name("reactdiff").experiment_id])
+    names = {r.info.run_name for r in stage_runs}
+    assert "train · seed 0" in names and any(n.startswith("sample sde-") for n in names)
+
+    # Resumable: a second run finds every variant and seed recorded and runs nothing.
+    again = _run(args, dest, env)
     assert "0 variant(s) to run or record" in again and "Running stage" not in again
