@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from reactdiff.config import Params
 from reactdiff.layout import N_EXPRESSION
 from reactdiff.model import Conditions
 from reactdiff.noise import SIGMA_DATA, late_step_threshold, sample_training_sigmas
@@ -62,6 +63,8 @@ AU_PAIR_GROUPS = ("symmetric", "co_occurring", "mutually_exclusive")
 Denoiser = Callable[[Tensor, Tensor, Conditions], Tensor]
 """``denoiser(x [batch, w, 58], sigma [batch], cond) -> x0 estimate [batch, w, 58]``."""
 
+_SHIPPED = Params()  # the defaults of params.yaml (lambda and the train: section's loss keys)
+
 
 @dataclass
 class LossConfig:
@@ -76,12 +79,12 @@ class LossConfig:
     - ``weight_priors``: multiply FBK and FAC by the EDM weight ``lambda(sigma)`` like ``L_dm``.
     """
 
-    use_fbk: bool = True
-    use_fac: bool = True
-    fac_weight: float = 1e-4
-    fbk_last_steps: int = 5
-    sampling_steps: int = 50
-    cfg_drop_prob: float = 0.1
+    use_fbk: bool = _SHIPPED.train.use_fbk
+    use_fac: bool = _SHIPPED.train.use_fac
+    fac_weight: float = _SHIPPED.fac_weight
+    fbk_last_steps: int = _SHIPPED.train.fbk_last_steps
+    sampling_steps: int = _SHIPPED.train.fbk_schedule_steps
+    cfg_drop_prob: float = _SHIPPED.train.cfg_drop_prob
     fac_scale: Sequence[float] | None = None
     weight_priors: bool = True
 

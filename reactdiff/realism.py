@@ -54,6 +54,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from reactdiff import atomic
+from reactdiff.config import RealismParams
 from reactdiff.devices import select_device
 from reactdiff.metrics import SUBSETS, resolve_subsets
 
@@ -77,19 +78,22 @@ EMBED_BATCH = 256  # windows per forward pass in embed(): activations stay in ca
 # on CPU than 2048, identical results)
 
 
+_SHIPPED = RealismParams()
+
+
 @dataclass(frozen=True)
 class RealismConfig:
-    """Hyper-parameters of the encoder and its training (``realism:`` in params.yaml)."""
+    """Hyper-parameters of the encoder and its training; defaults: ``realism:`` in params.yaml."""
 
-    window: int = 50
+    window: int = _SHIPPED.window
     """Frames per window: the metrics' FD window (2 s at 25 fps); embed() checks it."""
-    embedding_dim: int = 32
-    channels: int = 32
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 3e-3
-    temperature: float = 0.1
-    jitter: float = 0.05
+    embedding_dim: int = _SHIPPED.embedding_dim
+    channels: int = _SHIPPED.channels
+    steps: int = _SHIPPED.steps
+    batch_size: int = _SHIPPED.batch_size
+    lr: float = _SHIPPED.lr
+    temperature: float = _SHIPPED.temperature
+    jitter: float = _SHIPPED.jitter
     """Std of the Gaussian noise added to anchor and positive, in normalised (unit-variance) units."""
     seed: int = 0
 

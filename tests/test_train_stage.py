@@ -25,3 +25,17 @@ def test_train_config_carries_every_train_and_model_param():
     assert cfg.model_overrides == params.model.model_dump(exclude={"preset"})
     network = network_config(cfg.preset, **cfg.model_overrides)  # every model key is a network field
     assert network.speaker_history == params.model.speaker_history
+
+
+def test_the_library_defaults_are_the_shipped_params():
+    """One set of defaults: a library caller's TrainConfig() / RealismConfig() is what the pipeline runs."""
+    import dataclasses
+
+    from reactdiff.realism import RealismConfig
+    from reactdiff.training import TrainConfig
+
+    params = load_params(ROOT / "params.yaml")
+    shipped, library = train_config(params), TrainConfig()
+    assert dataclasses.replace(shipped, model_overrides={}) == library
+    assert network_config(shipped.preset, **shipped.model_overrides) == network_config(library.preset)
+    assert RealismConfig() == RealismConfig(**params.realism.model_dump(exclude={"device"}), seed=params.seed)
