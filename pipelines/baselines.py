@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.flows import StageTimer, worker_count
+from pipelines.flows import StageTimer, run_stage, worker_count
 from reactdiff import atomic
 from reactdiff.config import load_params
 from reactdiff.evaluation import baseline_reactions, load_split, score
@@ -45,4 +45,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "baselines")

@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 
 from pipelines import tracking
-from pipelines.flows import StageTimer
+from pipelines.flows import StageTimer, run_stage
 from reactdiff import atomic
 from reactdiff.config import load_params
 from reactdiff.denoising import LinearDenoiser, denoising_curve
@@ -72,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "denoising")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines import tracking
-from pipelines.flows import StageTimer, worker_count
+from pipelines.flows import StageTimer, run_stage, worker_count
 from reactdiff import atomic
 from reactdiff.config import load_params
 from reactdiff.evaluation import (
@@ -72,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "evaluate")

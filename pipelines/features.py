@@ -18,7 +18,7 @@ import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from pipelines.flows import StageTimer, gather, make_task_runner, worker_count
+from pipelines.flows import StageTimer, gather, make_task_runner, run_stage, worker_count
 from reactdiff import atomic, layout
 from reactdiff.audio import build_encoder
 from reactdiff.config import FeaturesConfig, load_params
@@ -173,4 +173,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "features")

@@ -6,12 +6,14 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from tqdm import tqdm
+
+from reactdiff.errors import UserError
 
 
 def worker_count(requested: int) -> int:
@@ -62,6 +64,15 @@ def gather(futures: Iterable[PrefectFuture], desc: str) -> list[Any]:
             results.append(future.result())
             bar.update(1)
     return results
+
+
+def run_stage(main: Callable[[], None], stage: str) -> None:
+    """A stage's entry point: a problem the user can fix (bad params, corpus, checkpoint) ends the stage
+    with its one message, naming the file and the fix, instead of a traceback around it."""
+    try:
+        main()
+    except UserError as err:
+        raise SystemExit(f"[{stage}] {err}") from None
 
 
 class StageTimer:

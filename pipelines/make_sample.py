@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from pipelines.flows import StageTimer, worker_count
+from pipelines.flows import StageTimer, run_stage, worker_count
 from reactdiff import atomic
 from reactdiff.config import SampleCorpusConfig, load_params
 from reactdiff.synthetic import SyntheticSpec, generate_corpus, preset
@@ -32,4 +32,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "make_sample")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.flows import StageTimer
+from pipelines.flows import StageTimer, run_stage
 from reactdiff import atomic
 from reactdiff.config import load_params
 from reactdiff.evaluation import load_split
@@ -37,4 +37,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "realism_encoder")

@@ -18,7 +18,7 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from pipelines import tracking
-from pipelines.flows import StageTimer, gather, make_task_runner, worker_count
+from pipelines.flows import StageTimer, gather, make_task_runner, run_stage, worker_count
 from reactdiff.config import RenderParams, load_params
 from reactdiff.corpus import read_clip
 from reactdiff.evaluation import generated_reactions, load_split
@@ -111,4 +111,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "render")

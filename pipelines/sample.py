@@ -35,13 +35,13 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from pipelines import tracking
-from pipelines.flows import StageTimer, gather, make_task_runner, worker_count
+from pipelines.flows import StageTimer, gather, make_task_runner, run_stage, worker_count
 from reactdiff import atomic
 from reactdiff.config import Params, load_params
 from reactdiff.devices import select_device
 from reactdiff.features import EXAMPLES_FILE, FRAMES_FILE, STATS_FILE, NormStats, read_frames
 from reactdiff.online import OnlineReactionGenerator, derive_seed, generate_clips
-from reactdiff.training import load_denoiser
+from reactdiff.training import load_checkpoint, load_denoiser
 
 FEATURES = Path("features")
 MODEL = Path("models/reactdiff.pt")
@@ -180,6 +180,7 @@ def usable_examples(split: str) -> list[dict]:
 def main() -> None:
     timer = StageTimer("sample")
     params = load_params()
+    load_checkpoint(MODEL)  # once, before any task: a bad file is reported once, not once per task
     cfg = params.sample
     groups = session_groups(usable_examples(cfg.split), cfg.batch_examples)
     workers = min(worker_count(cfg.workers), len(groups))
@@ -236,4 +237,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "sample")

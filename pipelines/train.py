@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from pipelines import tracking
-from pipelines.flows import StageTimer
+from pipelines.flows import StageTimer, run_stage
 from reactdiff import atomic
 from reactdiff.config import Params, load_params
 from reactdiff.losses import LossConfig
@@ -162,4 +162,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     torch.set_float32_matmul_precision("high")
-    main()
+    run_stage(main, "train")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.flows import StageTimer
+from pipelines.flows import StageTimer, run_stage
 from reactdiff.config import load_params
 from reactdiff.features import STATS_FILE, NormStats
 from reactdiff.windows import build_split_windows, write_split_windows
@@ -32,4 +32,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "windows")

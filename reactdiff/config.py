@@ -17,10 +17,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from reactdiff.errors import UserError
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, UserError):
     """A params file is missing, unparsable, or has an unknown key or a value of the wrong type."""
 
 

@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from reactdiff import layout
+from reactdiff.errors import UserError
 
 _KNOWN_EXTENSIONS = tuple(ext for _, ext in layout.MODALITY_DIRS.values())
 _FIX_CORPUS = "point data.root at a REACT2024 folder, or run `dvc repro make_sample`"
 
 
-class CorpusError(Exception):
+class CorpusError(UserError):
     """A split-level problem; ``str()`` names the file and the fix. ``path`` is that file, when known."""
 
     def __init__(self, message: str, path: Path | None = None) -> None:

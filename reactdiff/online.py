@@ -36,6 +36,15 @@ which is several times faster on a CPU than one conversation at a time, while ea
 noise from its own ``torch.Generator``; a stream batched with others gets the same noise as alone (its
 outputs then agree to float rounding, the batch size changing the order of the network's sums).
 
+Bad input. A live speaker comes from a face tracker and a microphone, and one bad frame must not freeze
+the listener: a window whose face, audio features or raw audio is non-finite or absurd (further than
+:data:`INPUT_BOUND_STDS` train standard deviations from the train mean; raw samples beyond
+:data:`MAX_AUDIO_AMPLITUDE`) is rejected with :class:`RejectedInput`, naming the frame and the
+coefficient, before anything changes; a denoiser that returns a non-finite value raises
+:class:`NonFiniteOutput` and the noise generators are rewound. Either way the conversation's state is
+exactly what it was, so the next good window continues the same reactions as if the bad one had never
+been sent; a non-finite reaction is never returned.
+
 Audio. :meth:`~OnlineReactionGenerator.step` takes either precomputed per-frame audio features or the
 raw 16 kHz speaker audio of the new frames; raw audio is appended to a bounded rolling buffer (the
 encoder's left context plus one chunk) and encoded with :func:`reactdiff.audio.encode_causal_window`,
@@ -52,15 +61,46 @@ import numpy as np
 import torch
 from torch import nn
 
-from reactdiff import layout
+from reactdiff import layout, reference
 from reactdiff.audio import AudioEncoder, encode_causal_window
 from reactdiff.features import NormStats
 from reactdiff.model import Conditions
+from reactdiff.noise import SIGMA_DATA
 from reactdiff.samplers import SOLVERS, Denoiser, sample
 
-__all__ = ["INITIAL_PAST", "OnlineReactionGenerator", "derive_seed", "generate_clip", "generate_clips"]
+__all__ = [
+    "INITIAL_PAST",
+    "INPUT_BOUND_STDS",
+    "MAX_AUDIO_AMPLITUDE",
+    "NonFiniteOutput",
+    "OnlineReactionGenerator",
+    "RejectedInput",
+    "derive_seed",
+    "generate_clip",
+    "generate_clips",
+]
 
 INITIAL_PAST = ("first_frame", "mean")
+INPUT_BOUND_STDS = 1e3
+"""Face coefficients and audio features further than this many train standard deviations from the train
+mean are absurd (a tracker's 1e30). Generous on purpose: a blendshape that barely moves in the train
+split has its std floored at 1e-3, and a real weight of 1 is then 1000 of them away."""
+MAX_AUDIO_AMPLITUDE = 8.0
+"""Raw samples are floats in [-1, 1]; beyond this is not float audio (int16 PCM: divide by 32768)."""
+
+
+class RejectedInput(ValueError):
+    """A window the generator refuses (non-finite or absurd input); its state is unchanged."""
+
+
+class NonFiniteOutput(RuntimeError):
+    """The denoiser returned a non-finite value; the generator's state (noise included) is unchanged."""
+
+
+def _first_bad(values: np.ndarray, bound: float) -> tuple[int, ...] | None:
+    """Index of the first non-finite value, or of one whose magnitude exceeds ``bound``; ``None`` if none."""
+    bad = ~np.isfinite(values) | (np.abs(np.nan_to_num(values, nan=0.0)) > bound)
+    return tuple(int(i) for i in np.argwhere(bad)[0]) if bad.any() else None
 
 
 def derive_seed(global_seed: int, key: str) -> int:
@@ -125,6 +165,8 @@ class OnlineReactionGenerator:
             )
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+        if not (math.isfinite(guidance_scale) and math.isfinite(eta) and eta >= 0):
+            raise ValueError(f"guidance_scale and eta must be finite (eta >= 0), got {guidance_scale}, {eta}")
         if initial_past not in INITIAL_PAST:
             raise ValueError(f"initial_past must be one of {INITIAL_PAST}, got {initial_past!r}")
         self.audio_dim = int(len(stats.audio_mean))
@@ -273,12 +315,19 @@ class OnlineReactionGenerator:
         k = self._check_window(face[None])
         if (speaker_audio is None) == (audio_features is None):
             raise ValueError("give exactly one of speaker_audio (raw samples) and audio_features")
-        if audio_features is not None:
-            feats = self._check_features(np.asarray(audio_features, dtype=np.float32)[None], k)[0]
-            self._skip_audio(k)
-        else:
-            feats = self._encode_audio(np.asarray(speaker_audio), k)
-        return self._advance(face[None], feats[None])[0]
+        audio_state = (self._audio, self._audio_start)
+        try:
+            if audio_features is not None:
+                feats = self._check_features(np.asarray(audio_features, dtype=np.float32)[None], k)[0]
+                reactions = self._advance(face[None], feats[None])[0]
+                self._skip_audio(k)
+            else:
+                feats = self._encode_audio(np.asarray(speaker_audio), k)
+                reactions = self._advance(face[None], feats[None])[0]
+        except Exception:
+            self._audio, self._audio_start = audio_state  # a refused window leaves no trace
+            raise
+        return reactions
 
     def _step_single(self, speaker_face: np.ndarray, audio_features: np.ndarray) -> np.ndarray:
         """:meth:`step` on arrays with a leading stream axis of 1, as :func:`generate_clip` steps."""
@@ -292,8 +341,9 @@ class OnlineReactionGenerator:
         face = np.asarray(speaker_face, dtype=np.float32)
         k = self._check_window(face)
         feats = self._check_features(np.asarray(audio_features, dtype=np.float32), k)
+        reactions = self._advance(face, feats)
         self._skip_audio(k)
-        return self._advance(face, feats)
+        return reactions
 
     def _check_window(self, face: np.ndarray) -> int:
         w, streams = self.window, self.streams
@@ -325,8 +375,11 @@ class OnlineReactionGenerator:
         """Denoise the window ending ``k`` frames ahead for every row: ``[S, M, k, 58]`` FaceVerse units."""
         w, m, streams = self.window, self.samples, self.streams
         k = face.shape[1]
-        face_t = torch.from_numpy(self.stats.normalise_face(face)).to(self.device)
-        audio_t = torch.from_numpy(self.stats.normalise_audio(feats)).to(self.device)
+        face_z, audio_z = self.stats.normalise_face(face), self.stats.normalise_audio(feats)
+        self._reject_absurd(face, face_z / SIGMA_DATA, "speaker_face", reference.coefficient_names())
+        self._reject_absurd(feats, audio_z, "audio features", None)
+        face_t = torch.from_numpy(face_z).to(self.device)
+        audio_t = torch.from_numpy(audio_z).to(self.device)
         context = self.speaker_history + w
         window_face = _left_pad(torch.cat([self._speaker_face, face_t], dim=1)[:, -context:], context)
         window_audio = _left_pad(torch.cat([self._speaker_audio, audio_t], dim=1)[:, -context:], context)
@@ -346,6 +399,7 @@ class OnlineReactionGenerator:
             return x[:, None].expand(streams, m, *x.shape[1:]).reshape(streams * m, *x.shape[1:])
 
         cond = Conditions.create(per_row(window_face), per_row(window_audio), past, h, history=history)
+        noise_states = [g.get_state() for g in self._generators]
         with torch.inference_mode():
             x = sample(
                 self.denoiser,
@@ -360,6 +414,14 @@ class OnlineReactionGenerator:
                 device=self.device,
             )
         new = x[:, w - k :]
+        if not bool(torch.isfinite(new).all()):
+            for generator, state in zip(self._generators, noise_states, strict=True):
+                generator.set_state(state)
+            raise NonFiniteOutput(
+                f"the denoiser returned non-finite values for the window ending at frame {h}; nothing was "
+                "returned and the conversation's state is unchanged (check the checkpoint: a model that "
+                "gives NaN on finite inputs has NaN or inf weights)"
+            )
         if self.clip_expression:
             expression = new[..., : layout.N_EXPRESSION].clamp(self._expression_low, self._expression_high)
             new = torch.cat([expression, new[..., layout.N_EXPRESSION :]], dim=-1)
@@ -372,6 +434,21 @@ class OnlineReactionGenerator:
         if self.clip_expression:  # the affine round trip can leave 0 and 1 off by a rounding error
             np.clip(out[..., : layout.N_EXPRESSION], 0.0, 1.0, out=out[..., : layout.N_EXPRESSION])
         return out.reshape(streams, m, k, layout.N_COEFFS)
+
+    def _reject_absurd(self, raw: np.ndarray, z: np.ndarray, what: str, names: Sequence[str] | None) -> None:
+        """:class:`RejectedInput` naming the first non-finite or absurd value of ``raw`` ``[S, k, D]``."""
+        where = _first_bad(z, INPUT_BOUND_STDS)
+        if where is None:
+            return
+        stream, frame, dim = where
+        name = f"{names[dim]!r} (index {dim})" if names else f"dimension {dim}"
+        at = f"stream {stream}, " if self.streams > 1 else ""
+        value = float(raw[where])
+        why = "not finite" if not np.isfinite(value) else f"over {INPUT_BOUND_STDS:g} train stds off the mean"
+        raise RejectedInput(
+            f"{what}: {at}frame {frame} of the window, {name} is {value:.6g}, {why}; the window is rejected "
+            "and the conversation's state is unchanged: send the next window"
+        )
 
     # -- audio ---------------------------------------------------------------------------------------
 
@@ -398,6 +475,14 @@ class OnlineReactionGenerator:
             raise ValueError(
                 f"speaker_audio must be mono [{k * self._hop}] samples ({k} frames at "
                 f"{self.encoder.sample_rate} Hz), got shape {signal.shape}"
+            )
+        finite = np.isfinite(signal)
+        if not finite.all() or np.abs(signal).max(initial=0.0) > MAX_AUDIO_AMPLITUDE:
+            i = int(np.argmin(finite)) if not finite.all() else int(np.argmax(np.abs(signal)))
+            raise RejectedInput(
+                f"speaker_audio: sample {i} of the window is {float(signal[i]):.6g}; raw audio must be "
+                "finite floats in [-1, 1] (int16 PCM: divide by 32768); the window is rejected and the "
+                "conversation's state is unchanged: send the next window"
             )
         if self._audio_start > self._audio_needed_from(self._frame):
             raise ValueError(

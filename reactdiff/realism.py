@@ -53,7 +53,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from reactdiff import atomic
+from reactdiff import atomic, checkpoints
 from reactdiff.config import RealismParams
 from reactdiff.devices import select_device
 from reactdiff.metrics import SUBSETS, resolve_subsets
@@ -381,19 +381,8 @@ def save_encoder(encoder: RealismEncoder, path: Path | str) -> None:
 
 def load_encoder(path: Path | str, device: str = "auto") -> RealismEncoder:
     """Load a checkpoint written by :func:`save_encoder` (``weights_only=True``) onto ``device``."""
-    path = Path(path)
     fix = "run `dvc repro realism_encoder` (or `python -m pipelines.realism_encoder`) to train it"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: realism encoder checkpoint not found; {fix}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors have many types; all mean the same thing here
-        # torch's own message advises weights_only=False, which is not the fix for a file we wrote.
-        reason = type(err).__name__
-        raise ValueError(f"{path}: not a readable realism encoder checkpoint ({reason}); {fix}") from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path}: expected a {CHECKPOINT_FORMAT} checkpoint, found {found!r}; {fix}")
+    payload = checkpoints.load_checkpoint(path, CHECKPOINT_FORMAT, fix)
     known = {f.name for f in fields(RealismConfig)}
     config = RealismConfig(**{k: v for k, v in payload["config"].items() if k in known})
     dev = select_device(device)

@@ -25,8 +25,17 @@ def _load(name: str) -> dict:
     return json.loads(resources.files("reactdiff.resources").joinpath(name).read_text())
 
 
+POSE_NAMES = ("pitch", "yaw", "roll", "tx", "ty", "tz")
+"""The six head-pose coefficients after the 52 expression weights: rotation (radians), translation."""
+
+
 def expression_names() -> list[str]:
     return list(_load("au_pairs.json")["expression_names"])
+
+
+def coefficient_names() -> list[str]:
+    """Names of the 58 coefficients: the 52 ARKit expression weights, then :data:`POSE_NAMES`."""
+    return [*expression_names(), *POSE_NAMES]
 
 
 def au_pairs() -> dict[str, np.ndarray]:

@@ -56,7 +56,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from reactdiff.layout import FPS, MODEL_SAMPLE_RATE, N_COEFFS, N_EXPRESSION
-from reactdiff.reference import coefficient_stats, expression_names
+from reactdiff.reference import POSE_NAMES, coefficient_stats, expression_names
 
 # --- FaceVerse pose conventions (see the module docstring) -------------------------------------------
 PITCH_DIM, YAW_DIM, ROLL_DIM = 52, 53, 54
@@ -68,7 +68,6 @@ FACEVERSE_FOCAL_PX = 1315.0
 FACEVERSE_IMAGE_PX = 256.0
 MAX_SHIFT = 0.2  # largest translation shift, as a fraction of the image size
 ZOOM_RANGE = (0.8, 1.25)
-POSE_NAMES = ("pitch", "yaw", "roll", "tx", "ty", "tz")
 POSE_DIMS = {"pitch": PITCH_DIM, "yaw": YAW_DIM, "roll": ROLL_DIM, "tx": TX_DIM, "ty": TY_DIM, "tz": TZ_DIM}
 # the coefficients the paper names as examples of interpretable ones (section 5.1): a default for plots
 PAPER_PLOT_DIMS = ("browInnerUp", "eyeLookDownRight", "jawOpen", "mouthFunnel", "noseSneerRight", "tongueOut")

@@ -77,7 +77,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from reactdiff import atomic
+from reactdiff import atomic, checkpoints
 from reactdiff.config import TrainParams
 from reactdiff.devices import select_device
 from reactdiff.losses import LossConfig, training_loss
@@ -655,11 +655,9 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)``: tensors and plain values only."""
-    ckpt = torch.load(Path(path), map_location=map_location, weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a ReactDiff training checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
+    """Read a training checkpoint: tensors and plain values only (:mod:`reactdiff.checkpoints`)."""
+    fix = "train it again (`dvc repro train`, or `python -m pipelines.train`)"
+    return checkpoints.load_checkpoint(path, CHECKPOINT_FORMAT, fix, map_location=map_location)
 
 
 def _model_args(cfg: TrainConfig, audio_dim: int, denoiser: Denoiser) -> dict[str, Any]:

@@ -22,7 +22,14 @@ from reactdiff.features import NormStats
 from reactdiff.layout import MODEL_SAMPLE_RATE, N_COEFFS
 from reactdiff.model import Conditions, build_denoiser
 from reactdiff.noise import SIGMA_DATA
-from reactdiff.online import OnlineReactionGenerator, derive_seed, generate_clip, generate_clips
+from reactdiff.online import (
+    NonFiniteOutput,
+    OnlineReactionGenerator,
+    RejectedInput,
+    derive_seed,
+    generate_clip,
+    generate_clips,
+)
 from reactdiff.samplers import CountingDenoiser
 
 W = 16
@@ -346,6 +353,96 @@ def test_input_validation(denoiser, stats):
         Unclipped(denoiser, stats, window=8)
     with pytest.raises(ValueError, match="initial_past"):
         Unclipped(denoiser, stats, initial_past="zeros")
+
+
+def _conversation(denoiser, stats, windows, *, faulty=None, encoder=None, audio=None):
+    """Reactions to ``windows`` good windows; ``faulty(gen)`` is called (and must raise) after the first."""
+    gen = Unclipped(denoiser, stats, samples=2, steps=3, seed=7, encoder=encoder)
+    face, feats = speaker(windows * W, seed=11)
+    out = []
+    for i in range(windows):
+        lo, hi = i * W, (i + 1) * W
+        if audio is None:
+            out.append(gen.step(face[lo:hi], audio_features=feats[lo:hi]))
+        else:
+            out.append(gen.step(face[lo:hi], audio[lo * HOP : hi * HOP]))
+        if i == 0 and faulty is not None:
+            faulty(gen, face[hi : hi + W].copy(), feats[hi : hi + W].copy())
+    return np.concatenate(out, axis=1), gen
+
+
+@pytest.mark.parametrize(
+    "field, frame, dim, value, message",
+    [
+        (
+            "face",
+            3,
+            24,
+            np.nan,
+            r"speaker_face: frame 3 of the window, 'jawOpen' \(index 24\) is nan, not finite",
+        ),
+        ("face", 0, 57, np.inf, r"frame 0 of the window, 'tz' \(index 57\) is inf, not finite"),
+        ("face", 15, 0, 1e30, r"'browDownLeft' \(index 0\) is 1e\+30, over 1000 train stds off the mean"),
+        ("audio", 7, 5, -np.inf, r"audio features: frame 7 of the window, dimension 5 is -inf, not finite"),
+    ],
+)
+def test_a_bad_window_is_rejected_and_the_conversation_goes_on_as_if_it_was_never_sent(
+    denoiser, stats, field, frame, dim, value, message
+):
+    def send_bad(gen, face, feats):
+        (face if field == "face" else feats)[frame, dim] = value
+        with pytest.raises(RejectedInput, match=message):
+            gen.step(face, audio_features=feats)
+
+    clean, _ = _conversation(denoiser, stats, 3)
+    survived, gen = _conversation(denoiser, stats, 3, faulty=send_bad)
+    np.testing.assert_array_equal(survived, clean)  # same reactions: state and noise untouched
+    assert gen.frame == 3 * W and np.isfinite(survived).all()
+
+
+def test_bad_raw_audio_is_rejected_before_it_reaches_the_rolling_buffer(denoiser, stats):
+    encoder = LogMelProsodyEncoder()
+    audio = (0.1 * np.random.default_rng(2).normal(size=3 * W * HOP)).astype(np.float32)
+
+    def send_bad(gen, face, feats):
+        buffered = gen.audio_buffer_samples
+        for bad, shown in ((np.nan, "nan"), (32767.0, "32767")):
+            signal = audio[W * HOP : 2 * W * HOP].copy()
+            signal[100] = bad
+            with pytest.raises(RejectedInput, match=f"speaker_audio: sample 100 of the window is {shown}"):
+                gen.step(face, signal)
+        assert gen.audio_buffer_samples == buffered
+
+    clean, _ = _conversation(denoiser, stats, 3, encoder=encoder, audio=audio)
+    survived, _ = _conversation(denoiser, stats, 3, faulty=send_bad, encoder=encoder, audio=audio)
+    np.testing.assert_array_equal(survived, clean)
+
+
+class NaNAfter:
+    """Adversarial denoiser: a real network until ``broken`` is set, then NaN everywhere."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.config, self.broken = inner, inner.config, False
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Conditions) -> Tensor:
+        out = self.inner(x, sigma, cond)
+        return torch.full_like(out, float("nan")) if self.broken else out
+
+
+def test_a_non_finite_output_is_never_returned_and_rewinds_the_noise(denoiser, stats):
+    adversary = NaNAfter(denoiser)
+
+    def break_once(gen, face, feats):
+        adversary.broken = True
+        with pytest.raises(NonFiniteOutput, match="window ending at frame 31; nothing was returned"):
+            gen.step(face, audio_features=feats)
+        adversary.broken = False
+
+    clean, _ = _conversation(denoiser, stats, 3)
+    survived, gen = _conversation(adversary, stats, 3, faulty=break_once)
+    np.testing.assert_array_equal(survived, clean)
+    with pytest.raises(ValueError, match="guidance_scale and eta must be finite"):
+        Unclipped(denoiser, stats, guidance_scale=float("nan"))
 
 
 @pytest.mark.parametrize("solver", ["sde", "ode"])

@@ -141,11 +141,13 @@ def test_corruptions_keep_content_and_break_motion():
 def test_bad_checkpoints_and_inputs_give_clear_errors(tmp_path, trained):
     encoder, _ = trained
     missing = tmp_path / "nowhere" / "encoder.pt"
-    with pytest.raises(FileNotFoundError, match="nowhere/encoder.pt.*dvc repro realism_encoder"):
+    with pytest.raises(
+        ValueError, match="nowhere/encoder.pt: checkpoint not found.*dvc repro realism_encoder"
+    ):
         load_encoder(missing)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="garbage.pt: not a readable.*dvc repro realism_encoder"):
+    with pytest.raises(ValueError, match="garbage.pt: is not a torch checkpoint.*dvc repro realism_encoder"):
         load_encoder(garbage)
     other = tmp_path / "other.pt"
     torch.save({"format": "something else"}, other)

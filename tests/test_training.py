@@ -239,7 +239,7 @@ def test_checkpoint_round_trip(tmp_path, data):
 
     bad = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(1)}, bad)
-    with pytest.raises(ValueError, match="not a ReactDiff training checkpoint"):
+    with pytest.raises(ValueError, match="other.pt: expected a reactdiff.*found None; train it again"):
         load_checkpoint(bad)
 
 

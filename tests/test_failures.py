@@ -1,0 +1,86 @@
+"""Failure as a user meets it: a stage stopped by a bad file or param says so once, naming the file and
+the fix, without a traceback, before any heavy work, and leaves what was on disk untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines.flows import run_stage
+from reactdiff.checkpoints import CheckpointError
+from reactdiff.training import CHECKPOINT_FORMAT
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stage(stage: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
+    return subprocess.run(
+        [sys.executable, "-m", f"pipelines.{stage}"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "models").mkdir()
+    return tmp_path
+
+
+def test_a_truncated_checkpoint_stops_sample_once_before_any_work(project):
+    good = project / "good.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "weights": torch.zeros(4096)}, good)
+    model = project / "models" / "reactdiff.pt"
+    model.write_bytes(good.read_bytes()[:2000])
+    before = _digest(project)
+    proc = _stage("sample", project)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if "reactdiff.pt" in line]
+    assert lines == [
+        "[sample] models/reactdiff.pt: is truncated (2000 bytes: the end of the archive is missing); "
+        "train it again (`dvc repro train`, or `python -m pipelines.train`)"
+    ]
+    assert "Traceback" not in proc.stderr and "weights_only" not in proc.stderr + proc.stdout
+    assert _digest(project) == before  # nothing written, nothing removed
+
+
+def test_a_bad_param_stops_a_stage_naming_the_key(project):
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("  steps: 1700", "  stepz: 1700"))
+    proc = _stage("train", project)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "[train] " in proc.stderr and "train.stepz" in proc.stderr
+
+
+def test_only_user_errors_lose_their_traceback():
+    def bad_checkpoint() -> None:
+        raise CheckpointError("models/x.pt: checkpoint not found; train it")
+
+    with pytest.raises(SystemExit, match=r"^\[sample\] models/x.pt: checkpoint not found; train it$"):
+        run_stage(bad_checkpoint, "sample")
+
+    def bug() -> None:
+        raise KeyError("a developer's mistake")
+
+    with pytest.raises(KeyError):  # a bug keeps its traceback
+        run_stage(bug, "sample")
