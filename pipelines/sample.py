@@ -180,8 +180,10 @@ def usable_examples(split: str) -> list[dict]:
 def main() -> None:
     timer = StageTimer("sample")
     params = load_params()
-    load_checkpoint(MODEL)  # once, before any task: a bad file is reported once, not once per task
     cfg = params.sample
+    # Once, before any task: a bad checkpoint or an absent device is reported once, not once per task.
+    load_checkpoint(MODEL)
+    select_device(cfg.device)
     groups = session_groups(usable_examples(cfg.split), cfg.batch_examples)
     workers = min(worker_count(cfg.workers), len(groups))
     # Groups run in parallel threads; give each its share of the cores instead of oversubscribing.

@@ -94,8 +94,12 @@ def load_wav(path: Path, target_rate: int = layout.MODEL_SAMPLE_RATE) -> np.ndar
     present: libsndfile clamps the frame count to the data on disk. Callers that need a given duration
     compare ``len(result)`` with it (the encoders zero-pad past the end of the signal).
 
-    Raises :class:`AudioError` naming ``path`` when the file is missing, is not audio, holds no samples or
-    holds non-finite (NaN or inf) samples.
+    Raises :class:`AudioError` naming ``path`` when the file is missing, is not audio, holds no samples,
+    holds non-finite (NaN or inf) samples, or is sampled below ``target_rate``: upsampling cannot put
+    back the band above the file's Nyquist frequency, so its features would differ from those of every
+    clip recorded at the encoder's rate (an 8 kHz copy of a clip gives log-mel features that correlate
+    only 0.89 with the original's), and a model conditioned on them would hear another kind of voice.
+    Such a clip is quarantined rather than silently used.
     """
     path = Path(path)
     if not path.is_file():
@@ -108,6 +112,13 @@ def load_wav(path: Path, target_rate: int = layout.MODEL_SAMPLE_RATE) -> np.ndar
         raise AudioError(path, "holds no audio samples")
     if not np.isfinite(data).all():
         raise AudioError(path, "holds non-finite samples (NaN or inf)")
+    if rate < target_rate:
+        raise AudioError(
+            path,
+            f"is sampled at {rate} Hz, below the {target_rate} Hz the audio encoder works at: its band above "
+            f"{rate // 2} Hz is missing and no resampling restores it; use a recording at {target_rate} Hz "
+            "or more",
+        )
     mono = data.mean(axis=1, dtype=np.float64)
     out = resample(mono, int(rate), target_rate)
     return np.clip(out, -1.0, 1.0, out=out)

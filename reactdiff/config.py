@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from reactdiff.errors import UserError
 
@@ -24,6 +24,16 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 class ConfigError(ValueError, UserError):
     """A params file is missing, unparsable, or has an unknown key or a value of the wrong type."""
+
+
+def _device_name(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", value):
+        raise ValueError("a device is auto, cpu, mps, cuda or cuda:<index> (e.g. cuda:1)")
+    return value
+
+
+Device = Annotated[str, AfterValidator(_device_name)]
+"""A device a stage can run on: ``auto`` (cuda, then mps, then cpu), ``cpu``, ``mps``, ``cuda[:N]``."""
 
 
 class _Section(BaseModel):
@@ -100,7 +110,7 @@ class TrainParams(_Section):
     grad_clip: float = Field(default=1.0, gt=0)
     amp: bool = True
     """Mixed precision; only takes effect on CUDA."""
-    device: str = "auto"
+    device: Device = "auto"
     """``auto`` (cuda, then mps, then cpu) or an explicit torch device such as ``cuda:1``."""
     cfg_drop_prob: float = Field(default=0.1, ge=0, le=1)
     """Probability of dropping the speaker conditions (classifier-free guidance training)."""
@@ -155,7 +165,7 @@ class SampleParams(_Section):
     batch_examples: int = Field(default=8, ge=1)
     """Examples generated in lockstep as one denoiser batch (whole sessions per task): bigger batches
     use the cores (or GPU) better; each example keeps its own seed whatever the batch."""
-    device: str = "auto"
+    device: Device = "auto"
     runner: Literal["thread", "process", "dask"] = "thread"
     workers: int = Field(default=0, ge=0)
 
@@ -194,7 +204,7 @@ class RealismParams(_Section):
     temperature: float = Field(default=0.1, gt=0)
     jitter: float = Field(default=0.05, ge=0)
     """Std of the noise added to anchor and positive windows, in train-std units."""
-    device: str = "auto"
+    device: Device = "auto"
 
 
 class Params(_Section):

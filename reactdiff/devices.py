@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["DEVICE_CHOICES", "select_device"]
+from reactdiff.errors import UserError
+
+__all__ = ["DEVICE_CHOICES", "DeviceUnavailable", "select_device"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
+
+
+class DeviceUnavailable(RuntimeError, UserError):
+    """A device named in the params that this machine does not have."""
 
 
 def _mps_available() -> bool:
@@ -22,8 +28,8 @@ def _mps_available() -> bool:
 def select_device(requested: str = "auto") -> torch.device:
     """The torch device for ``requested``: ``"auto"`` picks cuda, then mps, then cpu.
 
-    Raises ``ValueError`` for a string that names no supported device and ``RuntimeError`` for a device
-    this machine does not have.
+    Raises ``ValueError`` for a string that names no supported device and :class:`DeviceUnavailable` (a
+    ``RuntimeError``) for a device this machine does not have.
     """
     name = str(requested).strip().lower()
     if name == "auto":
@@ -34,13 +40,21 @@ def select_device(requested: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name == "mps":
         if not _mps_available():
-            raise RuntimeError("device 'mps' requested but torch.backends.mps.is_available() is False")
+            raise DeviceUnavailable(
+                "device 'mps' requested but torch.backends.mps.is_available() is False: set the device "
+                "to auto or cpu in params.yaml"
+            )
         return torch.device("mps")
     if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {requested!r} requested but torch.cuda.is_available() is False")
+            raise DeviceUnavailable(
+                f"device {requested!r} requested but torch.cuda.is_available() is False (no GPU, or a CPU "
+                "build of torch): set the device to auto or cpu in params.yaml"
+            )
         device = torch.device(name)
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(f"device {requested!r} requested but only {torch.cuda.device_count()} GPU(s)")
+            raise DeviceUnavailable(
+                f"device {requested!r} requested but this machine has {torch.cuda.device_count()} GPU(s)"
+            )
         return device
     raise ValueError(f"unknown device {requested!r}; choose one of {', '.join(DEVICE_CHOICES)}")

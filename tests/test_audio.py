@@ -132,6 +132,20 @@ def test_missing_empty_and_non_finite_files_raise(tmp_path: Path) -> None:
         load_wav(nan)
 
 
+def test_audio_below_the_encoders_rate_is_refused_not_upsampled(tmp_path: Path) -> None:
+    narrow = tmp_path / "phone.wav"
+    sf.write(narrow, _tone(300.0, 0.5, rate=8000), 8000, subtype="PCM_16")
+    with pytest.raises(AudioError) as info:
+        load_wav(narrow)
+    assert str(info.value) == (
+        f"{narrow}: is sampled at 8000 Hz, below the 16000 Hz the audio encoder works at: its band above "
+        "4000 Hz is missing and no resampling restores it; use a recording at 16000 Hz or more"
+    )
+    exact = tmp_path / "exact.wav"  # at the encoder's own rate: used as it is
+    sf.write(exact, _tone(300.0, 0.5, rate=SR), SR, subtype="FLOAT")
+    assert len(load_wav(exact)) == SR // 2
+
+
 def test_audio_error_survives_pickling() -> None:
     # Stage workers run in other processes and send exceptions back pickled.
     err = pickle.loads(pickle.dumps(AudioError(Path("/data/a.wav"), "holds no audio samples")))

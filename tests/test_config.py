@@ -27,6 +27,9 @@ def test_project_params_file_is_valid():
         ({"data": {"splits": ["train", "dev"]}}, "key 'data.splits.1'"),
         ({"sample": {"guidance_interval": [2.0, 0.5]}}, "key 'sample.guidance_interval'"),
         ({"sample": {"guidance_interval": [1.0]}}, "key 'sample.guidance_interval'"),
+        ({"sample": {"device": "gpu"}}, "key 'sample.device': Value error, a device is auto, cpu, mps, cuda"),
+        ({"train": {"device": "cuda:x"}}, "key 'train.device'"),
+        ({"realism": {"device": "CPU"}}, "key 'realism.device'"),
     ],
 )
 def test_bad_params_name_the_key(raw, key):
@@ -34,6 +37,11 @@ def test_bad_params_name_the_key(raw, key):
         parse_params(raw, source="p.yaml")
     assert key in str(err.value)
     assert str(err.value).startswith("p.yaml:")
+
+
+def test_every_device_spelling_a_stage_can_run_on_is_accepted():
+    for device in ("auto", "cpu", "mps", "cuda", "cuda:0", "cuda:12"):
+        assert parse_params({"sample": {"device": device}}, source="p.yaml").sample.device == device
 
 
 def test_yaml_1_2_floats_and_int_lambda(tmp_path):
