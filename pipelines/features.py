@@ -4,6 +4,11 @@ Reads ``data.root`` (REACT2024 layout), writes ``features/<split>/{frames,exampl
 ``features/norm_stats.json`` (train split only), ``features/quarantine.csv`` and ``features/report.json``.
 A bad clip is quarantined with its reason and the rest goes on; the stage fails only when a split is
 left with nothing usable, after writing the quarantine report.
+
+Every split list and neighbour matrix is read and checked before any clip is extracted, and all the
+problems found are reported at once. The outputs are written into a fresh hidden folder that replaces
+``features/`` as a whole at the end (:func:`reactdiff.atomic.atomic_dir`): an error or Ctrl-C half way
+leaves the previous ``features/`` exactly as it was, never a mix of old and new files.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pipelines.flows import StageTimer, gather, make_task_runner, run_stage, wor
 from reactdiff import atomic, layout
 from reactdiff.audio import build_encoder
 from reactdiff.config import FeaturesConfig, load_params
-from reactdiff.corpus import read_split
+from reactdiff.corpus import CorpusError, SplitIndex, read_split
 from reactdiff.features import (
     EXAMPLES_FILE,
     FRAMES_FILE,
@@ -88,8 +93,24 @@ def quarantine_csv(rejections: list[Rejection]) -> str:
     return buffer.getvalue()
 
 
+def read_splits(root: Path, splits: list[str]) -> dict[str, SplitIndex]:
+    """Every split's list and neighbour matrix, checked before any work; all problems in one error."""
+    indexes, problems = {}, []
+    for split in splits:
+        try:
+            indexes[split] = read_split(root, split)
+        except CorpusError as err:
+            problems.append(str(err))
+    if problems:
+        raise CorpusError("\n".join(problems), root)
+    if "train" not in indexes:
+        raise CorpusError("features: normalisation statistics need the train split in data.splits", root)
+    return indexes
+
+
 @flow(name="features", log_prints=True)
-def features_flow(root: Path, splits: list[str], cfg: FeaturesConfig, out: Path = OUT) -> dict:
+def features_flow(root: Path, splits: list[str], cfg: FeaturesConfig, out: Path) -> dict:
+    """Extract every split into ``out``; the report lists the splits left with no usable example."""
     encoder_spec = encoder_kwargs(cfg)
     encoder = cached_encoder(*encoder_spec)
     rejections: list[Rejection] = []
@@ -147,13 +168,26 @@ def features_flow(root: Path, splits: list[str], cfg: FeaturesConfig, out: Path 
         atomic.write_json(train_stats.to_json(), out / STATS_FILE)
     for r in rejections:
         print(f"quarantined {r.path}: {r.reason}")
-    if empty_splits:
+    report["empty_splits"] = empty_splits
+    return report
+
+
+def extract_features(root: Path, splits: list[str], cfg: FeaturesConfig, out: Path = OUT) -> dict:
+    """Check every split, extract them all into a fresh folder, swap it in as ``out`` (the stage's work).
+
+    Raises :class:`CorpusError` (nothing extracted, ``out`` untouched) for bad split lists or neighbour
+    matrices, and ``SystemExit`` after the swap when a split has no usable example left: the quarantine
+    report in ``out`` then says which files to fix.
+    """
+    read_splits(root, splits)
+    runner = make_task_runner(cfg.runner, cfg.workers)
+    with atomic.atomic_dir(out) as tmp:
+        report = features_flow.with_options(task_runner=runner)(root, splits, cfg, tmp)
+    if report["empty_splits"]:
         raise SystemExit(
-            f"features: no usable example left in split(s) {', '.join(empty_splits)} of {root}; "
+            f"[features] no usable example left in split(s) {', '.join(report['empty_splits'])} of {root}; "
             f"see {out / QUARANTINE_FILE} for each rejected file and its reason, fix or replace those files"
         )
-    if train_stats is None:
-        raise SystemExit("features: normalisation statistics need the train split in data.splits")
     return report
 
 
@@ -162,9 +196,8 @@ def main() -> None:
     params = load_params()
     root = params.data_root()
     cfg = params.features
-    runner = make_task_runner(cfg.runner, cfg.workers)
     print(f"[features] {root} with encoder {cfg.encoder}, {worker_count(cfg.workers)} {cfg.runner} workers")
-    report = features_flow.with_options(task_runner=runner)(root, list(params.data.splits), cfg)
+    report = extract_features(root, list(params.data.splits), cfg)
     counts = ", ".join(
         f"{s}: {v['clips_written']}/{v['clips_found']} clips, {v['clips_quarantined']} quarantined"
         for s, v in report["splits"].items()

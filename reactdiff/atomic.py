@@ -37,14 +37,25 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole."""
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole.
+
+    An error or an interrupt (Ctrl-C) inside the block removes the temporary folder and leaves ``path``
+    as it was: the previous complete output, never a mix of old and new files. A run killed outright
+    (SIGKILL, power loss) leaves a hidden ``.<name>.*.tmp`` folder, which the next call removes; one killed
+    in the instant between the two renames of the swap leaves ``.<name>.old``, which the next call puts
+    back. One writer per ``path`` at a time (DVC runs one stage per output).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.with_name(f".{path.name}.old")
+    if old.exists() and not path.exists():  # a swap cut short: the previous output comes back
+        os.replace(old, path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp_path
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp_path, path)

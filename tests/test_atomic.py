@@ -50,6 +50,28 @@ def test_atomic_dir_replaces_whole_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
 
 
+def test_atomic_dir_survives_an_interrupt_and_cleans_up_after_a_killed_run(tmp_path):
+    target = tmp_path / "features"
+    with atomic.atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("complete")
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C half way: the previous output stays
+        with atomic.atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise KeyboardInterrupt
+    assert (target / "a.txt").read_text() == "complete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features"]
+    # A run killed outright left its temporary folder; one killed mid-swap left only the old output.
+    (tmp_path / ".features.abc123.tmp").mkdir()
+    (tmp_path / ".features.abc123.tmp" / "a.txt").write_text("half")
+    target.rename(tmp_path / ".features.old")
+    with atomic.atomic_dir(target) as tmp:
+        assert (target / "a.txt").read_text() == "complete"  # put back before the new run starts
+        assert sorted(p.name for p in tmp_path.iterdir()) == [tmp.name, "features"]
+        (tmp / "a.txt").write_text("new")
+    assert (target / "a.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features"]
+
+
 def test_arrow_file_is_memory_mappable(tmp_path):
     table = pa.table(
         {"v": pa.FixedSizeListArray.from_arrays(pa.array([1.0, 2.0, 3.0, 4.0], pa.float32()), 2)}

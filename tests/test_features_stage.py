@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.features import features_flow
+from pipelines.features import extract_features
 from reactdiff import layout
 from reactdiff.config import FeaturesConfig
-from reactdiff.corpus import read_clip, read_split
+from reactdiff.corpus import CorpusError, read_clip, read_split
 from reactdiff.features import NormStats, read_frames
 from reactdiff.synthetic import SyntheticSpec, generate_corpus
 
@@ -96,7 +96,7 @@ def corrupted(tmp_path_factory):
 def stage_output(corrupted, tmp_path_factory, prefect_backend):
     root, _ = corrupted
     out = tmp_path_factory.mktemp("out") / "features"
-    report = features_flow(root, ["train", "val", "test"], FeaturesConfig(workers=2), out=out)
+    report = extract_features(root, ["train", "val", "test"], FeaturesConfig(workers=2), out=out)
     return out, report
 
 
@@ -150,8 +150,60 @@ def test_stage_fails_clearly_only_when_nothing_usable_remains(tmp_path, corrupte
         layout.clip_path(broken, "val", "face", clip_id).unlink()
     out = tmp_path / "features"
     with pytest.raises(SystemExit) as err:
-        features_flow(broken, ["train", "val"], FeaturesConfig(workers=2), out=out)
+        extract_features(broken, ["train", "val"], FeaturesConfig(workers=2), out=out)
     message = str(err.value)
     assert "val" in message and "quarantine.csv" in message
     with open(out / "quarantine.csv") as f:  # the report was written before failing
         assert sum(1 for r in csv.DictReader(f) if r["split"] == "val") == 8
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def previous_output(tmp_path, stage_output) -> tuple[Path, dict[str, bytes]]:
+    """A complete earlier ``features/`` in a folder of its own, and its bytes."""
+    out = tmp_path / "run" / "features"
+    shutil.copytree(stage_output[0], out)
+    return out, _snapshot(out)
+
+
+def test_bad_split_files_are_all_reported_before_any_work(tmp_path, corrupted, previous_output):
+    root, _ = corrupted
+    broken = tmp_path / "corpus"
+    shutil.copytree(root, broken)
+    split_list = layout.split_list_path(broken, "train")
+    lines = split_list.read_text().splitlines()
+    split_list.write_text(
+        "".join(",".join(line.split(",")[:-1]) + "\n" for line in lines)
+    )  # no listener_path
+    np.save(layout.neighbour_path(broken, "val"), np.ones((3, 5), bool))  # not square
+    out, before = previous_output
+    with pytest.raises(CorpusError) as err:
+        extract_features(broken, ["train", "val", "test"], FeaturesConfig(workers=2), out=out)
+    message = str(err.value)
+    assert str(split_list) in message and str(layout.neighbour_path(broken, "val")) in message
+    assert _snapshot(out) == before  # nothing re-extracted, nothing mixed
+    assert sorted(p.name for p in out.parent.iterdir()) == ["features"]  # no stray folder or file
+
+
+def test_a_run_that_fails_half_way_leaves_the_previous_output(corrupted, previous_output, monkeypatch):
+    import pipelines.features as stage
+
+    root, _ = corrupted
+    out, before = previous_output
+    tables = []
+
+    def fail_on_the_second_split(*args, **kwargs):
+        if tables:
+            raise RuntimeError("disk full")
+        tables.append(1)
+        return real(*args, **kwargs)
+
+    real = stage.frames_table
+    monkeypatch.setattr(stage, "frames_table", fail_on_the_second_split)
+    with pytest.raises(RuntimeError, match="disk full"):
+        extract_features(root, ["train", "val", "test"], FeaturesConfig(workers=2), out=out)
+    assert _snapshot(out) == before  # the first split's new frames never reached features/
+    assert sorted(p.name for p in out.parent.iterdir()) == ["features"]
