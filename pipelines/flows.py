@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -66,13 +68,45 @@ def gather(futures: Iterable[PrefectFuture], desc: str) -> list[Any]:
     return results
 
 
+def _stop_children() -> None:
+    """Terminate every process this one started (Prefect's temporary API server, pool workers)."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=5)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
 def run_stage(main: Callable[[], None], stage: str) -> None:
-    """A stage's entry point: a problem the user can fix (bad params, corpus, checkpoint) ends the stage
-    with its one message, naming the file and the fix, instead of a traceback around it."""
+    """A stage's entry point.
+
+    A problem the user can fix (bad params, corpus, checkpoint) ends the stage with its one message,
+    naming the file and the fix, instead of a traceback around it. SIGTERM is handled like Ctrl-C: the
+    main thread unwinds (a stage's temporary output folder is removed on the way, so the previous output
+    stays), every process the stage started is stopped (Prefect's temporary server would otherwise keep
+    listening after its parent is gone) and the stage exits with status 130 at once, without waiting
+    for the work threads to finish windows whose results would be thrown away.
+    """
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
     try:
         main()
     except UserError as err:
         raise SystemExit(f"[{stage}] {err}") from None
+    except KeyboardInterrupt:
+        _stop_children()
+        print(f"[{stage}] interrupted; the previous outputs are kept: run it again", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
 
 
 class StageTimer:

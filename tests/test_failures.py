@@ -84,3 +84,53 @@ def test_only_user_errors_lose_their_traceback():
 
     with pytest.raises(KeyError):  # a bug keeps its traceback
         run_stage(bug, "sample")
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_stopped_stage_stops_every_process_it_started(tmp_path, signum):
+    import signal
+
+    import psutil
+    import yaml
+
+    from reactdiff.synthetic import SyntheticSpec, generate_corpus
+
+    spec = SyntheticSpec(
+        seed=3, frames=400, families={"train": 2, "val": 1, "test": 1}, sessions_per_family=2
+    )
+    generate_corpus(tmp_path / "corpus", spec)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["root"] = str(tmp_path / "corpus")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.features"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        seen = []
+        for line in proc.stdout:  # wait until Prefect's temporary server is up and the flow has begun
+            seen.append(line)
+            if "Beginning flow run" in line:
+                break
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "".join(seen)  # the temporary API server at least
+        proc.send_signal(getattr(signal, signum))
+        rest = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, rest
+    assert "[features] interrupted; the previous outputs are kept" in rest
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive  # no orphan server left listening
+    assert not (tmp_path / "features").exists()  # no half output ...
+    assert not list(tmp_path.glob(".features.*"))  # ... and no stray temporary folder
