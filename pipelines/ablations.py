@@ -197,8 +197,9 @@ def table_parent(
         "git_commit": tracking.git_commit() or "",
         "mlflow.note.content": f"{table.title}: one child run per variant (campaign {campaign}).",
     }
-    run = client.create_run(experiment_id, run_name=f"{campaign}/{table.name}", tags=tags)
+    run = client.create_run(experiment_id, run_name=f"{table.name} · {campaign}", tags=tags)
     tracking.log_params({"campaign": campaign, **dict(base)}, run_id=run.info.run_id)
+    tracking.log_datasets(DATASETS, run_id=run.info.run_id)  # the data the campaign starts from
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 

@@ -3,7 +3,9 @@ stages after ``train`` find the run to log into.
 
 The tracking URI defaults to a sqlite database in the project root (``sqlite:///mlflow.db``; the plain
 file store is deprecated and sqlite also serves the UI), overridable with ``MLFLOW_TRACKING_URI``.
-Open the UI with ``mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --workers 1``.
+Open the UI with ``mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --workers 1`` at
+``http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning`` (MLflow 3's UI otherwise
+starts in its GenAI mode, whatever the experiment's kind).
 """
 
 from __future__ import annotations
@@ -149,7 +151,8 @@ def log_datasets(
     The digest is the hash DVC recorded for the output in ``lock_text`` (default: the workspace's
     ``dvc.lock``), so the runs table's Dataset column tells runs on different data apart at a glance
     and names the same data as ``dvc.lock`` does; an output DVC has not recorded gets the SHA-256 of
-    its files. Logs to ``run_id``, or to the active run. Returns ``{path: digest}``.
+    its files, and one that is neither recorded nor there is left out. Logs to ``run_id``, or to the
+    active run. Returns ``{path: digest}``.
     """
     import mlflow
     from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -158,7 +161,10 @@ def log_datasets(
         lock_text = LOCK_FILE.read_text()
     digests, inputs = {}, []
     for path, context in contexts.items():
-        digest = dvc_hash(path, lock_text) or content_digest(Path(path))
+        digest = dvc_hash(path, lock_text)
+        if digest is None and not Path(path).exists():
+            continue  # neither recorded nor there: nothing to name
+        digest = digest or content_digest(Path(path))
         source = json.dumps({"uri": str(Path(path).resolve())})
         dataset = Dataset(name=path, digest=digest, source_type="local", source=source)
         inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", context)]))

@@ -196,6 +196,8 @@ def test_ablation_table_runs_as_experiments_and_reports_from_mlflow(project):
     parents = [r for r in runs if r.data.tags.get("reactdiff.role") == "table"]
     children = [r for r in runs if r.data.tags.get("reactdiff.role") == "variant"]
     assert len(parents) == 1 and parents[0].data.tags["reactdiff.table"] == "table5"
+    assert parents[0].info.run_name.startswith("table5 · abl-")  # what it is first: the column is narrow
+    assert {i.dataset.name for i in parents[0].inputs.dataset_inputs} == {"windows", "features"}
     by_key = {(r.data.tags["reactdiff.variant"], r.data.tags["reactdiff.seed"]): r for r in children}
     assert sorted(by_key) == [("ODE", "0"), ("ODE", "1"), ("SDE", "0"), ("SDE", "1")]
     for (variant, seed), child in by_key.items():
