@@ -41,6 +41,7 @@ from reactdiff.features import (
     examples_table,
     extract_session,
     frames_table,
+    split_digests,
 )
 
 OUT = Path("features")
@@ -150,6 +151,7 @@ def features_flow(root: Path, splits: list[str], cfg: FeaturesConfig, out: Path)
             "examples": len(index.examples),
             "examples_usable": usable,
             "frames": table.num_rows,
+            "sha256": split_digests(out / split),  # readers check these (check_features)
         }
         # Every clip found is either written or quarantined: nothing disappears silently.
         if found != len(clips) + len(split_rejections):

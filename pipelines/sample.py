@@ -201,8 +201,6 @@ def main() -> None:
     )
     parts = sorted(scratch.glob("*.parquet"))
     table = pa.concat_tables([pq.read_table(p) for p in parts])
-    atomic.write_parquet(table, output_path(cfg.split))
-
     generated = [r for r in results if not r["resumed"]]
     windows = sum(r["windows"] for r in generated)
     seconds = sum(r["seconds"] for r in generated)
@@ -219,17 +217,22 @@ def main() -> None:
         "ms_per_window": ms_per_window,
         "window_fps": params.windows.size / (ms_per_window / 1000) if ms_per_window else None,
     }
-    atomic.write_json(summary, OUT / "summary.json")
 
     import mlflow
 
-    parent = tracking.read_run_id()
-    detail = f"{cfg.solver}-{cfg.steps}"
-    with tracking.start_run("sample", detail=detail, seed=params.seed, parent_run_id=parent):
-        tracking.log_params({"seed": params.seed, "sample": cfg.model_dump()})
-        tracking.log_datasets({str(FEATURES): "evaluation"})
-        mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
-        tracking.write_run_file(mlflow.active_run().info.run_id, RUN_FILE, parent_run_id=parent)
+    # The reactions, their summary and the MLflow run they are logged in change together or not at all
+    # (evaluate and render log into the run named in mlflow_run.json).
+    with atomic.atomic_dir(OUT) as out:
+        atomic.write_parquet(table, out / output_path(cfg.split).name)
+        atomic.write_json(summary, out / "summary.json")
+        parent = tracking.read_run_id()
+        detail = f"{cfg.solver}-{cfg.steps}"
+        with tracking.start_run("sample", detail=detail, seed=params.seed, parent_run_id=parent):
+            tracking.log_params({"seed": params.seed, "sample": cfg.model_dump()})
+            tracking.log_datasets({str(FEATURES): "evaluation"})
+            mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
+            run_id = mlflow.active_run().info.run_id
+            tracking.write_run_file(run_id, out / RUN_FILE.name, parent_run_id=parent)
     shutil.rmtree(scratch)
     timer.done(
         read=f"{MODEL}, {FEATURES}/{cfg.split}",

@@ -25,7 +25,9 @@ An example is unusable when one of its clips was quarantined; the reason says wh
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reactdiff import layout
-from reactdiff.corpus import ClipError, SplitIndex, read_clip
+from reactdiff.corpus import ClipError, CorpusError, SplitIndex, read_clip
 from reactdiff.noise import SIGMA_DATA
 
 FRAMES_FILE = "frames.parquet"
@@ -43,6 +45,8 @@ NEIGHBOURS_FILE = "neighbours.npy"  # the split's appropriate-reaction matrix, c
 STATS_FILE = "norm_stats.json"
 QUARANTINE_FILE = "quarantine.csv"
 REPORT_FILE = "report.json"
+CHECKED_FILES = (FRAMES_FILE, EXAMPLES_FILE)
+"""The files of a split whose SHA-256 ``report.json`` records, so a reader can tell a mixed folder."""
 
 
 @dataclass
@@ -262,3 +266,45 @@ class NormStats:
             *(np.asarray(raw[k], np.float32) for k in ("face_mean", "face_std", "audio_mean", "audio_std")),
             frames=int(raw.get("frames", 0)),
         )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def split_digests(folder: Path) -> dict[str, str]:
+    """``{file name: SHA-256}`` of a split folder's :data:`CHECKED_FILES`, for ``report.json``."""
+    return {name: file_sha256(Path(folder) / name) for name in CHECKED_FILES}
+
+
+def check_features(folder: Path, splits: Sequence[str]) -> None:
+    """Raise :class:`CorpusError` unless the split files of ``folder`` are those its ``report.json``
+    was written with: a folder mixing two runs of the features stage (files copied by hand, a run cut
+    short by an older version) is refused before any work, naming every file that does not belong."""
+    folder = Path(folder)
+    fix = "run the features stage again (`dvc repro features`, or `python -m pipelines.features`)"
+    report_path = folder / REPORT_FILE
+    if not report_path.is_file():
+        raise CorpusError(f"{report_path}: not found; {fix}", report_path)
+    recorded = json.loads(report_path.read_text()).get("splits", {})
+    problems = []
+    for split in splits:
+        expected = recorded.get(split, {}).get("sha256")
+        if expected is None:
+            problems.append(f"{report_path}: has no record of the {split!r} split's files; {fix}")
+            continue
+        for name in CHECKED_FILES:
+            path = folder / split / name
+            if not path.is_file():
+                problems.append(f"{path}: missing; {fix}")
+            elif file_sha256(path) != expected.get(name):
+                problems.append(
+                    f"{path}: not the file {report_path} was written with (the folder mixes two runs of "
+                    f"the features stage); {fix}"
+                )
+    if problems:
+        raise CorpusError("\n".join(problems), folder)

@@ -14,7 +14,7 @@ from pipelines.features import extract_features
 from reactdiff import layout
 from reactdiff.config import FeaturesConfig
 from reactdiff.corpus import CorpusError, read_clip, read_split
-from reactdiff.features import NormStats, read_frames
+from reactdiff.features import NormStats, check_features, read_frames
 from reactdiff.synthetic import SyntheticSpec, generate_corpus
 
 SPEC = SyntheticSpec(
@@ -207,3 +207,17 @@ def test_a_run_that_fails_half_way_leaves_the_previous_output(corrupted, previou
         extract_features(root, ["train", "val", "test"], FeaturesConfig(workers=2), out=out)
     assert _snapshot(out) == before  # the first split's new frames never reached features/
     assert sorted(p.name for p in out.parent.iterdir()) == ["features"]
+
+
+def test_a_features_folder_mixing_two_runs_is_refused_by_its_readers(previous_output):
+    out, _ = previous_output
+    check_features(out, ["train", "val", "test"])  # as written: one run
+    mixed = out / "val" / "frames.parquet"
+    shutil.copy(out / "test" / "frames.parquet", mixed)  # a file of another run (here: another split)
+    (out / "test" / "examples.parquet").unlink()
+    with pytest.raises(CorpusError) as err:
+        check_features(out, ["train", "val", "test"])
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith(f"{mixed}: not the file {out / 'report.json'} was written with")
+    assert lines[1].startswith(f"{out / 'test' / 'examples.parquet'}: missing;")
+    assert len(lines) == 2 and all(line.endswith("`python -m pipelines.features`)") for line in lines)
