@@ -135,7 +135,8 @@ def test_score_adds_fd_learned_only_with_a_realism_encoder(tmp_path):
     encoder = train_realism_encoder(split.listener, config, device="cpu")
     learned = score(P, split, seed=0, realism_encoder=encoder)
     for subset in ("all", "expression", "pose"):
-        assert learned[subset]["FD_learned"] >= 0 and learned[subset]["FD_learned_real_floor"] >= 0
+        # P is the real reactions themselves (twice): closer to them than a random half is to the other
+        assert 0 <= learned[subset]["FD_learned"] < learned[subset]["FD_learned_real_floor"]
         assert learned[subset]["FD_stats"] == plain[subset]["FD_stats"]  # nothing else changes
         # the headline metrics lead (the metrics file and dvc exp show keep this order), the rest sorted
         names = list(learned[subset])
