@@ -7,10 +7,12 @@ import scipy.linalg
 from reactdiff import metrics
 from reactdiff.layout import EXPRESSION, N_COEFFS, POSE
 from reactdiff.metrics import (
+    _compiled,
     ccc,
     compute_all,
     dtw_abs,
     dtw_euclidean,
+    dtw_kernels,
     frcorr,
     frdist,
     frdiv,
@@ -20,6 +22,7 @@ from reactdiff.metrics import (
     frvar,
     jitter,
     real_floor,
+    synchrony,
     tlcc,
     window_features,
 )
@@ -164,13 +167,13 @@ def test_compiled_dtw_equals_numpy_reference(lengths):
 
 def test_default_subsets_are_one_kernel_call_over_two_atoms():
     cols = list(metrics.resolve_subsets(metrics.SUBSETS, N_COEFFS).values())
-    (group,) = metrics._sq_groups(cols)
+    (group,) = dtw_kernels._sq_groups(cols)
     np.testing.assert_array_equal(group.cols, np.arange(N_COEFFS))
     assert group.bounds.tolist() == [0, 52, 52, 58]  # atoms: expression, pose
     np.testing.assert_array_equal(group.weights, [[1, 1], [1, 0], [0, 1]])  # all, expression, pose
     # overlapping subsets are split so that no call needs more than two atoms
     cols = [np.arange(0, 6), np.arange(3, 9), np.array([0, 11]), np.arange(12)]
-    groups = metrics._sq_groups(cols)
+    groups = dtw_kernels._sq_groups(cols)
     assert [g.subsets.tolist() for g in groups] == [[0], [1, 2], [3]]
     for g in groups:
         for s, w in zip(g.subsets, g.weights, strict=True):
@@ -211,8 +214,8 @@ def test_compiled_dtw_rejects_bad_input_and_falls_back_without_numba(monkeypatch
         dtw_euclidean(x, y, backend="cython")
     with pytest.raises(ValueError, match="repeats"):
         metrics.resolve_subsets({"twice": [0, 0, 1]}, 3)
-    monkeypatch.setattr(metrics, "numba", None)
-    monkeypatch.setattr(metrics, "_NUMPY_FALLBACK_WARNED", False)
+    monkeypatch.setattr(_compiled, "numba", None)
+    monkeypatch.setattr(_compiled, "_NUMPY_FALLBACK_WARNED", False)
     with pytest.raises(ImportError, match="pip install numba"):
         dtw_euclidean(x, y, backend="numba")
     with pytest.warns(RuntimeWarning, match="numba is not installed"):
@@ -524,8 +527,8 @@ def _extremes(windows):
 
 def _numpy_only(monkeypatch):
     """Make the module take its numpy paths, as on a machine without numba."""
-    monkeypatch.setattr(metrics, "numba", None)
-    monkeypatch.setattr(metrics, "_NUMPY_FALLBACK_WARNED", True)
+    monkeypatch.setattr(_compiled, "numba", None)
+    monkeypatch.setattr(_compiled, "_NUMPY_FALLBACK_WARNED", True)
 
 
 def test_compiled_diversity_frcorr_and_windows_equal_the_numpy_paths(monkeypatch, dyads):
@@ -566,9 +569,9 @@ def test_window_moments_are_the_window_sums():
     rng = np.random.default_rng(23)
     z = rng.normal(size=(2, 3, 40))
     for max_lag in (0, 5, 38):
-        lags, xa, xb, ya, yb = metrics._lag_windows(40, max_lag)
+        lags, xa, xb, ya, yb = synchrony._lag_windows(40, max_lag)
         for a, b in ((xa, xb), (ya, yb)):
-            s1, s2 = metrics._window_moments(z, a, b)
+            s1, s2 = synchrony._window_moments(z, a, b)
             want1 = np.stack([z[..., i:j].sum(axis=-1) for i, j in zip(a, b, strict=True)], axis=-1)
             want2 = np.stack([(z[..., i:j] ** 2).sum(axis=-1) for i, j in zip(a, b, strict=True)], axis=-1)
             np.testing.assert_allclose(s1, want1, atol=1e-12)
