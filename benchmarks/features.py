@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import reactdiff  # noqa: F401
+from benchmarks.machine import load_average, load_line
 
 
 def _run_one(args: argparse.Namespace) -> None:
@@ -98,6 +99,7 @@ def main() -> None:
         ]
         if args.strict_wav2vec2:
             configs.append(("wav2vec2 base, chunk 1", "wav2vec2", {"model_path": str(model_dir)}, 1))
+        load_before = load_average()
         print(f"features benchmark: {args.frames}-frame clips, 44.1 kHz audio, {args.workers} workers")
         print("| encoder | dim | clips | s | clips/s | audio s/s | peak RSS MB |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -113,6 +115,7 @@ def main() -> None:
                 f"| {label} | {r['dim']} | {r['clips']} | {r['seconds']:.1f} | {r['clips_per_s']:.2f} "
                 f"| {r['audio_s_per_s']:.1f} | {r['peak_rss_mb']:.0f} |"
             )
+        print(load_line(load_before, load_average()))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 
+from benchmarks.machine import load_average, load_line
+
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
@@ -74,6 +76,7 @@ def main() -> None:
     parser.add_argument("--generated", type=int, default=10, help="generated listener reactions M")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    load_before = load_average()
     rng = np.random.default_rng(0)
     results: dict[str, object] = {"cpu_count": os.cpu_count(), "threads": 1}
 
@@ -126,6 +129,7 @@ def main() -> None:
         "seconds_per_30s_session": round(t_total / t * CLIP_FRAMES, 1),
     }
     print(json.dumps(results, indent=2))
+    print(load_line(load_before, load_average()))
 
 
 if __name__ == "__main__":

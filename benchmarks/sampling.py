@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.machine import load_average, load_line
 from reactdiff.audio import LogMelProsodyEncoder, encode_causal_window
 from reactdiff.features import NormStats
 from reactdiff.layout import FPS, N_COEFFS
@@ -252,7 +253,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown preset(s) {unknown}; choose from {sorted(AUDIO_DIM)}")
 
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     rows: list[Row] = []
     print(HEADER.splitlines()[0], file=sys.stderr)
     for preset in presets:
@@ -272,17 +273,11 @@ def main() -> None:
                     took = time.perf_counter() - start
                     print(f"{row.markdown()}  [{took:.0f} s]", file=sys.stderr, flush=True)
 
-    load_after = os.getloadavg()[0]
     lines = [
         f"Online sampling on {name} (torch {torch.__version__}); window w = {WINDOW} frames, "
         f"solver DPM-Solver++(2M) {args.solver}, guidance scale {args.guidance:g}; "
         f"real time = a window within {BUDGET_MS:.0f} ms (25 fps). Random weights; audio as precomputed "
-        f"features. 1-min load average {load_before:.1f} before, {load_after:.1f} after"
-        + (
-            f" (above {os.cpu_count()} cores: other processes competed, timings are pessimistic)."
-            if max(load_before, load_after) > (os.cpu_count() or 1) + 0.5
-            else "."
-        ),
+        f"features. " + load_line(load_before, load_average()),
         "",
         HEADER,
         *(row.markdown() for row in rows),

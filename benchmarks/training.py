@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import reactdiff  # noqa: F401  (offline defaults)
+from benchmarks.machine import load_average, load_line
 from reactdiff.layout import N_COEFFS
 from reactdiff.windows import WindowBatch
 
@@ -132,6 +133,7 @@ def main() -> None:
 
     presets = ["demo", "paper"] if args.preset == "all" else [args.preset]
     rows = []
+    load_before = load_average()
     for preset in presets:
         steps = args.steps if args.steps is not None else DEFAULT_STEPS[preset]
         out = subprocess.run(
@@ -153,6 +155,7 @@ def main() -> None:
             f"| {r['steps']} | {r['windows_per_s']:.1f} | {r['s_per_step']:.3f} | {r['peak_rss_mb']:.0f} "
             f"| {cuda} |"
         )
+    print(load_line(load_before, load_average()))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def _diagnose(path: Path) -> str:
 
 
 def load_checkpoint(
-    path: Path | str, expected_format: str, fix: str, map_location: str | torch.device = "cpu"
+    path: Path | str, expected_format: str | int, fix: str, map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
     """The dict saved at ``path`` whose ``format`` is ``expected_format``, else :class:`CheckpointError`.
 
