@@ -1,0 +1,371 @@
+"""A live listener service: agents stream a speaker's face and voice in, and get M listener reactions back.
+
+Run ``python -m reactdiff.serve --model models/reactdiff.pt --stats features/norm_stats.json`` (it binds
+to 127.0.0.1:8765; any other address needs ``--token``). One WebSocket connection to ``/listen`` is one
+conversation. Messages are JSON text frames; arrays of floats travel as base64 of little-endian float32
+(``"f32le"``), which every language can produce and read without a JSON parser's float round trip.
+
+Client to server::
+
+    {"type": "start", "samples": 10, "seed": 0, "steps": 50, "guidance": 2.0,
+     "listener_start": null}                       # or the listener's 58 coefficients before it starts
+    {"type": "window", "face": "<f32le [w, 58]>", "audio": "<f32le [w * 640]>"}   # 16 kHz mono in [-1, 1]
+
+Server to client::
+
+    {"type": "ready", "window": 16, "fps": 25, "audio_rate": 16000, "coefficients": [...58 names...],
+     "samples": 10}
+    {"type": "reactions", "frame": 15, "shape": [10, 16, 58], "reactions": "<f32le>", "latency_ms": 212.0}
+    {"type": "rejected", "message": "..."}   # this window was refused; the conversation goes on unchanged
+    {"type": "error", "message": "..."}      # a protocol error; the server then closes the connection
+
+Each window message holds the next ``w`` frames (0.64 s at 25 fps) of the speaker: its face coefficients
+and the raw audio of those frames. The reply is the M reactions to them, window by window, never using a
+later frame. A window that is non-finite, absurd or of the wrong length is rejected, and the next window
+continues the same reactions as if it had never been sent (:class:`reactdiff.online.RejectedInput`).
+
+Concurrency: each conversation runs its own :class:`~reactdiff.online.OnlineReactionGenerator` in a
+worker thread, and all of them share one :class:`BatchingDenoiser`, which gathers the denoiser calls
+that arrive together from different conversations into one batch: several conversations cost much less
+than that many times one. A slow client only delays itself.
+
+Limits (all configurable): connections, message size, samples and steps per conversation, and windows
+queued per connection (a client sending faster than real time is told so and disconnected). No pickles
+or code are accepted from the network: only JSON and raw float32 arrays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import hmac
+import ipaddress
+import json
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from starlette.concurrency import run_in_threadpool
+
+from reactdiff import layout, reference
+from reactdiff.audio import AudioEncoder, build_encoder
+from reactdiff.features import NormStats
+from reactdiff.model import Conditions
+from reactdiff.online import NonFiniteOutput, OnlineReactionGenerator, RejectedInput
+
+__all__ = ["BatchingDenoiser", "ServeConfig", "create_app", "main"]
+
+
+class BatchingDenoiser:
+    """One network, many callers: denoiser calls arriving together (from threads) run as one batch.
+
+    A caller's call waits until a worker takes every pending call, concatenates their rows (``x``,
+    ``sigma`` and the :class:`~reactdiff.model.Conditions` are all per row), runs the wrapped denoiser
+    once and hands each caller its rows back. A row's output depends on that row alone, so a caller gets
+    what it would get alone, up to the float rounding of a larger batch. ``max_wait_s``: how long the
+    worker waits for more calls once one is pending (the callers of different conversations reach a
+    solver step at nearly the same time when their windows arrive together).
+    """
+
+    def __init__(self, denoiser: Any, max_wait_s: float = 0.002) -> None:
+        self.denoiser = denoiser
+        self.config = getattr(denoiser, "config", None)
+        self.max_wait_s = max_wait_s
+        self.batches = 0  # network calls made (the tests count them)
+        self._pending: list[dict[str, Any]] = []
+        self._cv = threading.Condition()
+        self._worker = threading.Thread(target=self._serve, name="batching-denoiser", daemon=True)
+        self._worker.start()
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        call: dict[str, Any] = {"args": (x, sigma, cond), "done": threading.Event()}
+        with self._cv:
+            self._pending.append(call)
+            self._cv.notify()
+        call["done"].wait()
+        if "error" in call:
+            raise call["error"]
+        return call["out"]
+
+    def _serve(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending:
+                    self._cv.wait()
+                deadline = time.monotonic() + self.max_wait_s
+                while (left := deadline - time.monotonic()) > 0:
+                    self._cv.wait(left)
+                calls, self._pending = self._pending, []
+            self._run(calls)
+
+    def _run(self, calls: list[dict[str, Any]]) -> None:
+        try:
+            xs, sigmas, conds = zip(*(c["args"] for c in calls), strict=True)
+            cond = conds[0]
+            for other in conds[1:]:
+                cond = cond.cat(other)
+            with torch.inference_mode():
+                out = self.denoiser(torch.cat(xs), torch.cat(sigmas), cond)
+            self.batches += 1
+            start = 0
+            for call, x in zip(calls, xs, strict=True):
+                call["out"] = out[start : start + x.shape[0]]
+                start += x.shape[0]
+        except Exception as err:  # every waiting caller gets the error, none hangs
+            for call in calls:
+                call["error"] = err
+        for call in calls:
+            call["done"].set()
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Limits of the service; ``token``: required from every client when set (any non-loopback bind)."""
+
+    token: str | None = None
+    max_connections: int = 16
+    max_message_bytes: int = 1 << 20
+    max_samples: int = 32
+    max_steps: int = 100
+    max_queued_windows: int = 4
+
+
+def _floats(text: Any, what: str, count: int | None = None) -> np.ndarray:
+    """A base64 f32le array from a message, or :class:`ValueError` saying what is wrong with it."""
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be a base64 string of little-endian float32 values")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{what} is not valid base64") from None
+    if len(raw) % 4:
+        raise ValueError(f"{what} holds {len(raw)} bytes, not a whole number of float32 values")
+    values = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    if count is not None and values.size != count:
+        raise ValueError(f"{what} holds {values.size} values, expected {count}")
+    return values
+
+
+def _encode(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _start_options(message: dict, config: ServeConfig) -> dict[str, Any]:
+    """The generator options of a ``start`` message, checked against the limits."""
+    samples, steps, seed = message.get("samples", 10), message.get("steps", 50), message.get("seed", 0)
+    guidance = message.get("guidance", 2.0)
+    for name, value, high in (("samples", samples, config.max_samples), ("steps", steps, config.max_steps)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+            raise ValueError(f"{name} must be an integer in [1, {high}], got {value!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    if not isinstance(guidance, (int, float)) or not math.isfinite(guidance) or not 0 <= guidance <= 10:
+        raise ValueError(f"guidance must be a number in [0, 10], got {guidance!r}")
+    start = message.get("listener_start")
+    if start is not None:
+        if not isinstance(start, list) or len(start) != layout.N_COEFFS:
+            raise ValueError(f"listener_start must be null or a list of {layout.N_COEFFS} numbers")
+        start = np.asarray(start, dtype=np.float32)
+        if not np.isfinite(start).all():
+            raise ValueError("listener_start must be finite")
+    return {
+        "samples": samples,
+        "steps": steps,
+        "seed": seed,
+        "guidance_scale": float(guidance),
+        "start": start,
+    }
+
+
+def _authorised(websocket: Any, token: str | None) -> bool:
+    if token is None:
+        return True
+    given = websocket.query_params.get("token") or ""
+    header = websocket.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        given = given or header[7:]
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def create_app(
+    denoiser: Any,
+    stats: NormStats,
+    encoder: AudioEncoder,
+    config: ServeConfig = ServeConfig(),
+    device: torch.device | str = "cpu",
+):
+    """The FastAPI app: ``/listen`` (the WebSocket protocol of the module docstring) and ``/health``."""
+    batching = denoiser if isinstance(denoiser, BatchingDenoiser) else BatchingDenoiser(denoiser)
+    window = int(batching.config.frames) if batching.config is not None else 16
+    hop = encoder.sample_rate // layout.FPS
+    names = reference.coefficient_names()
+    app = FastAPI(title="ReactDiff live listener")
+    app.state.connections = 0
+    app.state.denoiser = batching
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "connections": app.state.connections, "window": window}
+
+    async def send_error(websocket: WebSocket, message: str, code: int = 1008) -> None:
+        await websocket.send_json({"type": "error", "message": message})
+        await websocket.close(code=code)
+
+    @app.websocket("/listen")
+    async def listen(websocket: WebSocket) -> None:
+        if not _authorised(websocket, config.token):
+            await websocket.close(code=1008, reason="missing or wrong token")
+            return
+        if app.state.connections >= config.max_connections:
+            await websocket.close(code=1013, reason=f"at most {config.max_connections} conversations")
+            return
+        await websocket.accept()
+        app.state.connections += 1
+        queue: asyncio.Queue = asyncio.Queue(maxsize=config.max_queued_windows)
+        try:
+            try:
+                message = json.loads(await websocket.receive_text())
+                if not isinstance(message, dict) or message.get("type") != "start":
+                    raise ValueError('the first message must be {"type": "start", ...}')
+                options = _start_options(message, config)
+            except (ValueError, json.JSONDecodeError) as err:
+                await send_error(websocket, f"bad start message: {err}")
+                return
+            generator = OnlineReactionGenerator(
+                batching,
+                stats,
+                window=window,
+                samples=options["samples"],
+                steps=options["steps"],
+                guidance_scale=options["guidance_scale"],
+                seed=options["seed"],
+                device=device,
+                encoder=encoder,
+            )
+            generator.reset(options["start"])
+            await websocket.send_json(
+                {"type": "ready", "window": window, "fps": layout.FPS, "audio_rate": encoder.sample_rate,
+                 "coefficients": names, "samples": options["samples"]}
+            )  # fmt: skip
+
+            async def read() -> None:
+                while True:
+                    text = await websocket.receive_text()
+                    if len(text) > config.max_message_bytes:
+                        raise OverflowError(
+                            f"a message of {len(text)} bytes (the limit is {config.max_message_bytes})"
+                        )
+                    try:
+                        queue.put_nowait(text)
+                    except asyncio.QueueFull:
+                        raise OverflowError(
+                            f"more than {config.max_queued_windows} windows waiting: send at most real time "
+                            f"(one window every {window / layout.FPS:.2f} s)"
+                        ) from None
+
+            reader = asyncio.create_task(read())
+            while True:
+                getter = asyncio.create_task(queue.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if reader in done:
+                    getter.cancel()
+                    err = reader.exception()
+                    if isinstance(err, OverflowError):
+                        await send_error(websocket, str(err), code=1009)
+                    return  # disconnected (or read error): the conversation ends
+                text = getter.result()
+                try:
+                    message = json.loads(text)
+                    if not isinstance(message, dict) or message.get("type") != "window":
+                        raise json.JSONDecodeError('expected {"type": "window", ...}', text[:40], 0)
+                except json.JSONDecodeError as err:
+                    reader.cancel()
+                    await send_error(websocket, f"bad message: {err.msg}")
+                    return
+                started = time.perf_counter()
+                try:
+                    face = _floats(message.get("face"), "face", window * layout.N_COEFFS)
+                    audio = _floats(message.get("audio"), "audio", window * hop)
+                    reactions = await run_in_threadpool(
+                        generator.step, face.reshape(window, layout.N_COEFFS), audio
+                    )
+                except (ValueError, RejectedInput, NonFiniteOutput) as err:
+                    await websocket.send_json({"type": "rejected", "message": str(err)})
+                    continue
+                await websocket.send_json(
+                    {
+                        "type": "reactions",
+                        "frame": generator.frame - 1,
+                        "shape": list(reactions.shape),
+                        "reactions": _encode(reactions),
+                        "latency_ms": round(1000 * (time.perf_counter() - started), 1),
+                    }
+                )
+        except WebSocketDisconnect:
+            return
+        finally:
+            app.state.connections -= 1
+
+    return app
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse a non-loopback bind without a token: the service would take any client on the network."""
+    if not _is_loopback(host) and not token:
+        raise SystemExit(
+            f"--host {host} exposes the service beyond this machine: give --token (or REACTDIFF_TOKEN); "
+            "every client must then send it (?token=... or an 'Authorization: Bearer ...' header)"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import os
+
+    import uvicorn
+
+    from reactdiff.training import load_denoiser
+
+    parser = argparse.ArgumentParser(prog="python -m reactdiff.serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=Path("models/reactdiff.pt"))
+    parser.add_argument("--stats", type=Path, default=Path("features/norm_stats.json"))
+    parser.add_argument("--encoder", default="logmel", help="the audio encoder the model was trained with")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--token", default=os.environ.get("REACTDIFF_TOKEN"))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-connections", type=int, default=ServeConfig.max_connections)
+    args = parser.parse_args(argv)
+    check_bind(args.host, args.token)
+
+    from reactdiff.devices import select_device
+
+    device = select_device(args.device)
+    denoiser = load_denoiser(args.model, device=device)
+    config = ServeConfig(token=args.token, max_connections=args.max_connections)
+    app = create_app(denoiser, NormStats.load(args.stats), build_encoder(args.encoder), config, device=device)
+    print(f"[serve] {args.model} on {device}: ws://{args.host}:{args.port}/listen", flush=True)
+    uvicorn.run(
+        app, host=args.host, port=args.port, ws_max_size=config.max_message_bytes, log_level="warning"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""The live listener service: the protocol, equality with the generator, batching across conversations,
+and clients that misbehave (each gets a clear answer and the others are not disturbed)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from reactdiff.audio import LogMelProsodyEncoder
+from reactdiff.features import NormStats
+from reactdiff.layout import MODEL_SAMPLE_RATE, N_COEFFS
+from reactdiff.model import build_denoiser
+from reactdiff.online import OnlineReactionGenerator
+from reactdiff.samplers import CountingDenoiser
+from reactdiff.serve import BatchingDenoiser, ServeConfig, check_bind, create_app
+
+W, A = 16, 86
+HOP = MODEL_SAMPLE_RATE // 25
+START = {"type": "start", "samples": 2, "seed": 5, "steps": 3, "guidance": 1.5}
+
+
+@pytest.fixture(scope="module")
+def stats() -> NormStats:
+    rng = np.random.default_rng(1)
+    return NormStats(
+        face_mean=rng.uniform(0.1, 0.3, size=N_COEFFS).astype(np.float32),
+        face_std=rng.uniform(0.05, 0.2, size=N_COEFFS).astype(np.float32),
+        audio_mean=rng.normal(size=A).astype(np.float32),
+        audio_std=rng.uniform(0.5, 3.0, size=A).astype(np.float32),
+    )
+
+
+@pytest.fixture(scope="module")
+def denoiser():
+    torch.manual_seed(0)
+    net = build_denoiser("demo", audio_dim=A)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return net.eval()
+
+
+def _speaker(windows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    face = rng.uniform(0.0, 0.5, size=(windows * W, N_COEFFS)).astype(np.float32)
+    audio = (0.1 * rng.normal(size=windows * W * HOP)).astype(np.float32)
+    return face, audio
+
+
+def _f32(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode()
+
+
+def _window(face: np.ndarray, audio: np.ndarray, i: int) -> dict:
+    return {
+        "type": "window",
+        "face": _f32(face[i * W : (i + 1) * W]),
+        "audio": _f32(audio[i * W * HOP : (i + 1) * W * HOP]),
+    }
+
+
+def _reactions(reply: dict) -> np.ndarray:
+    assert reply["type"] == "reactions", reply
+    return np.frombuffer(base64.b64decode(reply["reactions"]), "<f4").reshape(reply["shape"])
+
+
+def _client(denoiser, stats, **config) -> TestClient:
+    return TestClient(create_app(denoiser, stats, LogMelProsodyEncoder(), ServeConfig(**config)))
+
+
+def _alone(denoiser, stats, face, audio, windows, seed=5) -> list[np.ndarray]:
+    gen = OnlineReactionGenerator(
+        denoiser,
+        stats,
+        samples=2,
+        steps=3,
+        guidance_scale=1.5,
+        seed=seed,
+        device="cpu",
+        encoder=LogMelProsodyEncoder(),
+    )
+    return [
+        gen.step(face[i * W : (i + 1) * W], audio[i * W * HOP : (i + 1) * W * HOP]) for i in range(windows)
+    ]
+
+
+def test_a_conversation_gets_what_the_generator_gives(denoiser, stats):
+    face, audio = _speaker(3)
+    with _client(denoiser, stats) as client, client.websocket_connect("/listen") as ws:
+        ws.send_json(START)
+        ready = ws.receive_json()
+        assert ready["window"] == W and ready["audio_rate"] == 16000 and len(ready["coefficients"]) == 58
+        replies = []
+        for i in range(3):
+            ws.send_json(_window(face, audio, i))
+            replies.append(ws.receive_json())
+    assert [r["frame"] for r in replies] == [15, 31, 47] and all(r["latency_ms"] > 0 for r in replies)
+    for got, want in zip(replies, _alone(denoiser, stats, face, audio, 3), strict=True):
+        np.testing.assert_allclose(_reactions(got), want, atol=1e-5)
+
+
+def test_concurrent_conversations_share_denoiser_calls_and_keep_their_reactions(denoiser, stats):
+    counting = CountingDenoiser(denoiser)
+    counting.config = denoiser.config
+    batching = BatchingDenoiser(counting, max_wait_s=0.05)
+    speakers = [_speaker(2, seed=s) for s in range(3)]
+    results: dict[int, list[np.ndarray]] = {}
+
+    def converse(k: int) -> None:
+        face, audio = speakers[k]
+        gen = OnlineReactionGenerator(
+            batching,
+            stats,
+            samples=2,
+            steps=3,
+            guidance_scale=1.5,
+            seed=k,
+            device="cpu",
+            encoder=LogMelProsodyEncoder(),
+        )
+        results[k] = [
+            gen.step(face[i * W : (i + 1) * W], audio[i * W * HOP : (i + 1) * W * HOP]) for i in range(2)
+        ]
+
+    threads = [threading.Thread(target=converse, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, (face, audio) in enumerate(speakers):
+        for got, want in zip(results[k], _alone(denoiser, stats, face, audio, 2, seed=k), strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-5)
+    alone_calls = 3 * 2 * 3  # conversations x windows x solver steps (guided rows go in the same call)
+    assert batching.batches < alone_calls  # calls of different conversations ran as one batch
+
+
+def test_a_bad_window_is_rejected_and_the_conversation_goes_on(denoiser, stats):
+    face, audio = _speaker(2)
+    clean = _alone(denoiser, stats, face, audio, 2)
+    with _client(denoiser, stats) as client, client.websocket_connect("/listen") as ws:
+        ws.send_json(START)
+        ws.receive_json()
+        ws.send_json(_window(face, audio, 0))
+        first = _reactions(ws.receive_json())
+        bad_face = face.copy()
+        bad_face[W + 3, 7] = np.nan
+        for message, expected in (
+            (_window(bad_face, audio, 1), "is nan, not finite"),
+            (
+                {**_window(face, audio, 1), "audio": _f32(audio[:100])},
+                "audio holds 100 values, expected 10240",
+            ),
+            ({**_window(face, audio, 1), "face": "not base64!"}, "face is not valid base64"),
+        ):
+            ws.send_json(message)
+            reply = ws.receive_json()
+            assert reply["type"] == "rejected" and expected in reply["message"], reply
+        ws.send_json(_window(face, audio, 1))
+        second = _reactions(ws.receive_json())
+    np.testing.assert_allclose(first, clean[0], atol=1e-5)
+    np.testing.assert_allclose(second, clean[1], atol=1e-5)  # as if the bad windows were never sent
+
+
+@pytest.mark.parametrize(
+    "first, expected",
+    [
+        ("not json", "bad start message"),
+        (json.dumps({"type": "window"}), 'the first message must be {"type": "start"'),
+        (json.dumps({**START, "samples": 1000}), "samples must be an integer in [1, 32], got 1000"),
+        (json.dumps({**START, "guidance": "nan"}), "guidance must be a number in [0, 10]"),
+        (json.dumps({**START, "listener_start": [0.0] * 3}), "listener_start must be null or a list of 58"),
+    ],
+)
+def test_a_bad_start_gets_an_error_and_the_connection_closes(denoiser, stats, first, expected):
+    with _client(denoiser, stats) as client, client.websocket_connect("/listen") as ws:
+        ws.send_text(first)
+        reply = ws.receive_json()
+        assert reply["type"] == "error" and expected in reply["message"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1008
+
+
+def test_tokens_connection_caps_and_message_sizes_are_enforced(denoiser, stats):
+    with _client(denoiser, stats, token="s3cret") as client:
+        with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/listen") as ws:
+            ws.receive_json()
+        assert refused.value.code == 1008
+        with (
+            pytest.raises(WebSocketDisconnect) as wrong,
+            client.websocket_connect("/listen?token=wrong") as ws,
+        ):
+            ws.receive_json()
+        assert wrong.value.code == 1008 and wrong.value.reason == "missing or wrong token"
+        with client.websocket_connect("/listen", headers={"Authorization": "Bearer s3cret"}) as ws:
+            ws.send_json(START)
+            assert ws.receive_json()["type"] == "ready"
+    with _client(denoiser, stats, max_connections=1) as client, client.websocket_connect("/listen") as first:
+        first.send_json(START)
+        first.receive_json()
+        with pytest.raises(WebSocketDisconnect) as full, client.websocket_connect("/listen") as second:
+            second.receive_json()
+        assert full.value.code == 1013
+    with (
+        _client(denoiser, stats, max_message_bytes=1000) as client,
+        client.websocket_connect("/listen") as ws,
+    ):
+        ws.send_json(START)
+        ws.receive_json()
+        face, audio = _speaker(1)
+        ws.send_json(_window(face, audio, 0))  # about 46 kB
+        reply = ws.receive_json()
+        assert reply["type"] == "error" and "the limit is 1000" in reply["message"]
+
+
+def test_a_public_bind_needs_a_token():
+    check_bind("127.0.0.1", None)
+    check_bind("::1", None)
+    check_bind("0.0.0.0", "s3cret")
+    with pytest.raises(
+        SystemExit, match="--host 0.0.0.0 exposes the service beyond this machine: give --token"
+    ):
+        check_bind("0.0.0.0", None)
