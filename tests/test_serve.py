@@ -228,3 +228,62 @@ def test_a_public_bind_needs_a_token():
         SystemExit, match="--host 0.0.0.0 exposes the service beyond this machine: give --token"
     ):
         check_bind("0.0.0.0", None)
+
+
+def test_the_service_runs_for_real_on_loopback_and_stops_by_pid(tmp_path, denoiser, stats):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+    import psutil
+    from websockets.sync.client import connect
+
+    from reactdiff.training import CHECKPOINT_FORMAT
+
+    root = Path(__file__).resolve().parents[1]
+    model = tmp_path / "model.pt"
+    state = denoiser.state_dict()
+    network = {"network": denoiser.config.to_dict(), "sigma_data": denoiser.sigma_data}
+    torch.save({"format": CHECKPOINT_FORMAT, "model_args": network, "ema": state, "model": state}, model)
+    (tmp_path / "stats.json").write_text(json.dumps(stats.to_json()))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [
+        "--model",
+        str(model),
+        "--stats",
+        str(tmp_path / "stats.json"),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "reactdiff.serve", *args], cwd=tmp_path, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()["status"] == "ok"
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the service did not start"
+                time.sleep(0.5)
+        listening = [c.laddr for c in psutil.Process(proc.pid).net_connections() if c.status == "LISTEN"]
+        assert listening and all(addr.ip == "127.0.0.1" for addr in listening)  # loopback only
+        face, audio = _speaker(1)
+        with connect(f"ws://127.0.0.1:{port}/listen") as ws:
+            ws.send(json.dumps(START))
+            assert json.loads(ws.recv())["type"] == "ready"
+            ws.send(json.dumps(_window(face, audio, 0)))
+            reply = json.loads(ws.recv())
+        np.testing.assert_allclose(_reactions(reply), _alone(denoiser, stats, face, audio, 1)[0], atol=1e-5)
+    finally:
+        proc.terminate()  # stopped by its PID, whatever happened above
+        proc.wait(timeout=20)
+    assert not psutil.pid_exists(proc.pid) or psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE
