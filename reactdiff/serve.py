@@ -71,20 +71,34 @@ class BatchingDenoiser:
     A caller's call waits until a worker takes every pending call, concatenates their rows (``x``,
     ``sigma`` and the :class:`~reactdiff.model.Conditions` are all per row), runs the wrapped denoiser
     once and hands each caller its rows back. A row's output depends on that row alone, so a caller gets
-    what it would get alone, up to the float rounding of a larger batch. ``max_wait_s``: how long the
-    worker waits for more calls once one is pending (the callers of different conversations reach a
-    solver step at nearly the same time when their windows arrive together).
+    what it would get alone, up to the float rounding of a larger batch.
+
+    When to run: callers that are inside a window (between :meth:`enter` and :meth:`leave`, which the
+    service calls around each window) each make one call per solver step, so once a call is pending the
+    worker waits until every such caller has one pending, at most ``max_wait_s``: conversations whose
+    windows overlap in time then move through their solver steps together, one batch per step, instead
+    of taking turns. A caller that is not inside a window (a plain generator) is never waited for.
     """
 
-    def __init__(self, denoiser: Any, max_wait_s: float = 0.002) -> None:
+    def __init__(self, denoiser: Any, max_wait_s: float = 0.05) -> None:
         self.denoiser = denoiser
         self.config = getattr(denoiser, "config", None)
         self.max_wait_s = max_wait_s
         self.batches = 0  # network calls made (the tests count them)
+        self.active = 0  # callers inside a window, each about to call once per solver step
         self._pending: list[dict[str, Any]] = []
         self._cv = threading.Condition()
         self._worker = threading.Thread(target=self._serve, name="batching-denoiser", daemon=True)
         self._worker.start()
+
+    def enter(self) -> None:
+        with self._cv:
+            self.active += 1
+
+    def leave(self) -> None:
+        with self._cv:
+            self.active -= 1
+            self._cv.notify()  # the worker may be waiting for this caller's next call
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditions) -> torch.Tensor:
         call: dict[str, Any] = {"args": (x, sigma, cond), "done": threading.Event()}
@@ -102,7 +116,7 @@ class BatchingDenoiser:
                 while not self._pending:
                     self._cv.wait()
                 deadline = time.monotonic() + self.max_wait_s
-                while (left := deadline - time.monotonic()) > 0:
+                while len(self._pending) < self.active and (left := deadline - time.monotonic()) > 0:
                     self._cv.wait(left)
                 calls, self._pending = self._pending, []
             self._run(calls)
@@ -186,6 +200,17 @@ def _start_options(message: dict, config: ServeConfig) -> dict[str, Any]:
     }
 
 
+def _step_together(
+    batching: BatchingDenoiser, generator: OnlineReactionGenerator, face: np.ndarray, audio: np.ndarray
+) -> np.ndarray:
+    """One window of one conversation, counted as active so that the batcher waits for its calls."""
+    batching.enter()
+    try:
+        return generator.step(face, audio)
+    finally:
+        batching.leave()
+
+
 def _authorised(websocket: Any, token: str | None) -> bool:
     if token is None:
         return True
@@ -202,15 +227,23 @@ def create_app(
     encoder: AudioEncoder,
     config: ServeConfig = ServeConfig(),
     device: torch.device | str = "cpu",
+    workers: int = 1,
 ):
-    """The FastAPI app: ``/listen`` (the WebSocket protocol of the module docstring) and ``/health``."""
-    batching = denoiser if isinstance(denoiser, BatchingDenoiser) else BatchingDenoiser(denoiser)
-    window = int(batching.config.frames) if batching.config is not None else 16
+    """The FastAPI app: ``/listen`` (the WebSocket protocol of the module docstring) and ``/health``.
+
+    ``workers``: network workers, each a :class:`BatchingDenoiser` of its own that runs in parallel with
+    the others (torch releases the GIL); a new conversation joins the least busy one, and conversations
+    of one worker batch together.
+    """
+    batchers = [denoiser if isinstance(denoiser, BatchingDenoiser) else BatchingDenoiser(denoiser)]
+    batchers += [BatchingDenoiser(batchers[0].denoiser) for _ in range(workers - 1)]
+    load = dict.fromkeys(range(workers), 0)  # conversations per batcher
+    window = int(batchers[0].config.frames) if batchers[0].config is not None else 16
     hop = encoder.sample_rate // layout.FPS
     names = reference.coefficient_names()
     app = FastAPI(title="ReactDiff live listener")
     app.state.connections = 0
-    app.state.denoiser = batching
+    app.state.batchers = batchers
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -230,6 +263,9 @@ def create_app(
             return
         await websocket.accept()
         app.state.connections += 1
+        slot = min(load, key=load.get)  # the least busy network worker takes the conversation
+        load[slot] += 1
+        batching = batchers[slot]
         queue: asyncio.Queue = asyncio.Queue(maxsize=config.max_queued_windows)
         try:
             try:
@@ -296,7 +332,7 @@ def create_app(
                     face = _floats(message.get("face"), "face", window * layout.N_COEFFS)
                     audio = _floats(message.get("audio"), "audio", window * hop)
                     reactions = await run_in_threadpool(
-                        generator.step, face.reshape(window, layout.N_COEFFS), audio
+                        _step_together, batching, generator, face.reshape(window, layout.N_COEFFS), audio
                     )
                 except (ValueError, RejectedInput, NonFiniteOutput) as err:
                     await websocket.send_json({"type": "rejected", "message": str(err)})
@@ -314,6 +350,7 @@ def create_app(
             return
         finally:
             app.state.connections -= 1
+            load[slot] -= 1
 
     return app
 
@@ -352,16 +389,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--token", default=os.environ.get("REACTDIFF_TOKEN"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-connections", type=int, default=ServeConfig.max_connections)
+    parser.add_argument("--workers", type=int, default=0, help="network workers on CPU (0: one per core)")
     args = parser.parse_args(argv)
     check_bind(args.host, args.token)
 
     from reactdiff.devices import select_device
 
     device = select_device(args.device)
+    workers = 1
+    if device.type == "cpu":
+        # A small network is faster on one thread per call than on torch's default of every core (the
+        # thread pools of the conversations and the network spin against each other: two conversations
+        # took 2.6 times one on 2 cores); the cores serve parallel network workers instead.
+        torch.set_num_threads(1)
+        workers = args.workers or (os.cpu_count() or 1)
     denoiser = load_denoiser(args.model, device=device)
     config = ServeConfig(token=args.token, max_connections=args.max_connections)
-    app = create_app(denoiser, NormStats.load(args.stats), build_encoder(args.encoder), config, device=device)
-    print(f"[serve] {args.model} on {device}: ws://{args.host}:{args.port}/listen", flush=True)
+    stats, encoder = NormStats.load(args.stats), build_encoder(args.encoder)
+    app = create_app(denoiser, stats, encoder, config, device=device, workers=workers)
+    print(
+        f"[serve] {args.model} on {device} ({workers} workers): ws://{args.host}:{args.port}/listen",
+        flush=True,
+    )
     uvicorn.run(
         app, host=args.host, port=args.port, ws_max_size=config.max_message_bytes, log_level="warning"
     )

@@ -109,7 +109,8 @@ def test_a_conversation_gets_what_the_generator_gives(denoiser, stats):
 def test_concurrent_conversations_share_denoiser_calls_and_keep_their_reactions(denoiser, stats):
     counting = CountingDenoiser(denoiser)
     counting.config = denoiser.config
-    batching = BatchingDenoiser(counting, max_wait_s=0.05)
+    batching = BatchingDenoiser(counting, max_wait_s=5.0)  # never reached: every caller calls
+    together = threading.Barrier(3)
     speakers = [_speaker(2, seed=s) for s in range(3)]
     results: dict[int, list[np.ndarray]] = {}
 
@@ -125,9 +126,14 @@ def test_concurrent_conversations_share_denoiser_calls_and_keep_their_reactions(
             device="cpu",
             encoder=LogMelProsodyEncoder(),
         )
-        results[k] = [
-            gen.step(face[i * W : (i + 1) * W], audio[i * W * HOP : (i + 1) * W * HOP]) for i in range(2)
-        ]
+        results[k] = []
+        for i in range(2):
+            batching.enter()  # what the service does around each window ...
+            together.wait()  # ... and here the three windows arrive at the same time
+            try:
+                results[k].append(gen.step(face[i * W : (i + 1) * W], audio[i * W * HOP : (i + 1) * W * HOP]))
+            finally:
+                batching.leave()
 
     threads = [threading.Thread(target=converse, args=(k,)) for k in range(3)]
     for t in threads:
@@ -138,7 +144,8 @@ def test_concurrent_conversations_share_denoiser_calls_and_keep_their_reactions(
         for got, want in zip(results[k], _alone(denoiser, stats, face, audio, 2, seed=k), strict=True):
             np.testing.assert_allclose(got, want, atol=1e-5)
     alone_calls = 3 * 2 * 3  # conversations x windows x solver steps (guided rows go in the same call)
-    assert batching.batches < alone_calls  # calls of different conversations ran as one batch
+    # One network call per solver step of a window for all three conversations together.
+    assert counting.calls == batching.batches == alone_calls // 3
 
 
 def test_a_bad_window_is_rejected_and_the_conversation_goes_on(denoiser, stats):
