@@ -25,9 +25,9 @@ later frame. A window that is non-finite, absurd or of the wrong length is rejec
 continues the same reactions as if it had never been sent (:class:`reactdiff.online.RejectedInput`).
 
 Concurrency: each conversation runs its own :class:`~reactdiff.online.OnlineReactionGenerator` in a
-worker thread, and all of them share one :class:`BatchingDenoiser`, which gathers the denoiser calls
-that arrive together from different conversations into one batch: several conversations cost much less
-than that many times one. A slow client only delays itself.
+worker thread; the conversations share the network through :class:`BatchingDenoiser` workers (one per
+core on a CPU), each of which runs the denoiser calls of its conversations whose windows overlap as one
+batch per solver step. A slow client only delays itself. ``python -m benchmarks.serve`` measures it.
 
 Limits (all configurable): connections, message size, samples and steps per conversation, and windows
 queued per connection (a client sending faster than real time is told so and disconnected). No pickles
