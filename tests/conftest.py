@@ -12,3 +12,23 @@ def prefect_backend():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def demo_denoiser():
+    """A demo network with 86-dim audio whose every parameter is perturbed (eval mode, seeded).
+
+    The demo network zero-initialises its output head and residual/attention outputs (the identity at
+    init): perturbing every parameter makes the speaker, the past and h all reach the output, so tests
+    of the generator and the service can see each input's effect.
+    """
+    import torch
+
+    from reactdiff.model import build_denoiser
+
+    torch.manual_seed(0)
+    net = build_denoiser("demo", audio_dim=86)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return net.eval()

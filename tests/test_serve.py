@@ -16,7 +16,6 @@ from starlette.websockets import WebSocketDisconnect
 from reactdiff.audio import LogMelProsodyEncoder
 from reactdiff.features import NormStats
 from reactdiff.layout import MODEL_SAMPLE_RATE, N_COEFFS
-from reactdiff.model import build_denoiser
 from reactdiff.online import OnlineReactionGenerator
 from reactdiff.samplers import CountingDenoiser
 from reactdiff.serve import BatchingDenoiser, ServeConfig, check_bind, create_app
@@ -38,13 +37,8 @@ def stats() -> NormStats:
 
 
 @pytest.fixture(scope="module")
-def denoiser():
-    torch.manual_seed(0)
-    net = build_denoiser("demo", audio_dim=A)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return net.eval()
+def denoiser(demo_denoiser):
+    return demo_denoiser
 
 
 def _speaker(windows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -75,8 +69,9 @@ def _client(denoiser, stats, **config) -> TestClient:
     return TestClient(create_app(denoiser, stats, LogMelProsodyEncoder(), ServeConfig(**config)))
 
 
-def _alone(denoiser, stats, face, audio, windows, seed=5) -> list[np.ndarray]:
-    gen = OnlineReactionGenerator(
+def _generator(denoiser, stats, seed: int) -> OnlineReactionGenerator:
+    """The generator a START conversation gets (2 samples, 3 steps, guidance 1.5)."""
+    return OnlineReactionGenerator(
         denoiser,
         stats,
         samples=2,
@@ -86,6 +81,10 @@ def _alone(denoiser, stats, face, audio, windows, seed=5) -> list[np.ndarray]:
         device="cpu",
         encoder=LogMelProsodyEncoder(),
     )
+
+
+def _alone(denoiser, stats, face, audio, windows, seed=5) -> list[np.ndarray]:
+    gen = _generator(denoiser, stats, seed)
     return [
         gen.step(face[i * W : (i + 1) * W], audio[i * W * HOP : (i + 1) * W * HOP]) for i in range(windows)
     ]
@@ -116,16 +115,7 @@ def test_concurrent_conversations_share_denoiser_calls_and_keep_their_reactions(
 
     def converse(k: int) -> None:
         face, audio = speakers[k]
-        gen = OnlineReactionGenerator(
-            batching,
-            stats,
-            samples=2,
-            steps=3,
-            guidance_scale=1.5,
-            seed=k,
-            device="cpu",
-            encoder=LogMelProsodyEncoder(),
-        )
+        gen = _generator(batching, stats, seed=k)
         results[k] = []
         for i in range(2):
             batching.enter()  # what the service does around each window ...
