@@ -53,11 +53,16 @@ def _diagnose(path: Path) -> str:
 
 
 def load_checkpoint(
-    path: Path | str, expected_format: str | int, fix: str, map_location: str | torch.device = "cpu"
+    path: Path | str,
+    expected_format: str | int,
+    fix: str,
+    map_location: str | torch.device = "cpu",
+    kind: str = "",
 ) -> dict[str, Any]:
     """The dict saved at ``path`` whose ``format`` is ``expected_format``, else :class:`CheckpointError`.
 
-    ``fix``: how the user gets a good file (e.g. "run `dvc repro train`"), appended to every message.
+    ``fix``: how the user gets a good file (e.g. "run `dvc repro train`"), appended to every message;
+    ``kind``: what the checkpoint is, in words ("ReactDiff training"), for the message on a wrong format.
     """
     path = Path(path)
     if not path.is_file():
@@ -68,6 +73,7 @@ def load_checkpoint(
         # Deliberately not torch's text: it advises weights_only=False, the unsafe way round.
         raise CheckpointError(f"{path}: {_diagnose(path)}; {fix}") from err
     if not isinstance(payload, dict) or payload.get("format") != expected_format:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path}: expected a {expected_format} checkpoint, found {found!r}; {fix}")
+        found = f"format {payload.get('format')!r}" if isinstance(payload, dict) else type(payload).__name__
+        what = f"{kind} checkpoint (format {expected_format!r})" if kind else f"{expected_format} checkpoint"
+        raise CheckpointError(f"{path}: expected a {what}, found {found}; {fix}")
     return payload

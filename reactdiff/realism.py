@@ -382,7 +382,7 @@ def save_encoder(encoder: RealismEncoder, path: Path | str) -> None:
 def load_encoder(path: Path | str, device: str = "auto") -> RealismEncoder:
     """Load a checkpoint written by :func:`save_encoder` (``weights_only=True``) onto ``device``."""
     fix = "run `dvc repro realism_encoder` (or `python -m pipelines.realism_encoder`) to train it"
-    payload = checkpoints.load_checkpoint(path, CHECKPOINT_FORMAT, fix)
+    payload = checkpoints.load_checkpoint(path, CHECKPOINT_FORMAT, fix, kind="realism encoder")
     known = {f.name for f in fields(RealismConfig)}
     config = RealismConfig(**{k: v for k, v in payload["config"].items() if k in known})
     dev = select_device(device)

@@ -657,7 +657,9 @@ def save_checkpoint(
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a training checkpoint: tensors and plain values only (:mod:`reactdiff.checkpoints`)."""
     fix = "train it again (`dvc repro train`, or `python -m pipelines.train`)"
-    return checkpoints.load_checkpoint(path, CHECKPOINT_FORMAT, fix, map_location=map_location)
+    return checkpoints.load_checkpoint(
+        path, CHECKPOINT_FORMAT, fix, map_location=map_location, kind="ReactDiff training"
+    )
 
 
 def _model_args(cfg: TrainConfig, audio_dim: int, denoiser: Denoiser) -> dict[str, Any]:

@@ -56,9 +56,9 @@ def test_missing_truncated_and_foreign_files_are_told_apart(tmp_path, good):
     assert "is a pickle file, not a torch archive" in _message(legacy)
     other = tmp_path / "other.pt"
     torch.save({"format": "someone.else/2"}, other)
-    assert "expected a reactdiff.test/1 checkpoint, found 'someone.else/2'" in _message(other)
+    assert "expected a reactdiff.test/1 checkpoint, found format 'someone.else/2'" in _message(other)
     torch.save([1, 2], other)
-    assert "found 'list'" in _message(other)
+    assert "checkpoint, found list;" in _message(other)
 
 
 def test_a_damaged_archive_is_named_damaged(tmp_path, good):

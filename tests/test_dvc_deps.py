@@ -17,6 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("reactdiff", "pipelines")
 # Data that a module reads from its own package: whoever imports the module depends on it too.
+TOP_LEVEL_INITS = ("reactdiff/__init__.py", "pipelines/__init__.py")
 PACKAGE_DATA = {"reactdiff/reference.py": "reactdiff/resources"}
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
@@ -78,15 +79,23 @@ def test_stage_deps_cover_its_imports(stage: str) -> None:
     spec = STAGES[stage]
     module = spec["cmd"].split(" -m ", 1)[1].split()[0]
     deps = [str(d).rstrip("/") for d in spec.get("deps", [])]
-    # Package __init__ files only set environment defaults (telemetry off, log levels); listing them
-    # would rerun the whole DAG for a version bump. They may not import project code themselves.
-    needed = {f for f in imported_files(module) if not f.endswith("__init__.py")}
+    # The top-level package __init__ files only set environment defaults (telemetry off, log levels);
+    # listing them would rerun the whole DAG for a version bump. They may not import project code. A
+    # subpackage's __init__ (reactdiff/metrics/) is code like any module.
+    needed = {f for f in imported_files(module) if f not in TOP_LEVEL_INITS}
     missing = sorted(f for f in needed if not any(f == d or f.startswith(d + "/") for d in deps))
     assert not missing, f"dvc.yaml stage {stage!r} runs {missing} without listing them in deps: add them"
+    packages = sorted(
+        d for d in deps if d.startswith(PACKAGES) and (ROOT / d).is_dir() and d not in PACKAGE_DATA.values()
+    )
+    assert not packages, (
+        f"dvc.yaml stage {stage!r} lists the source folder(s) {packages}: list their .py files instead "
+        "(a folder's hash includes __pycache__, which changes on import and reruns the stage every time)"
+    )
     unused = sorted(d for d in deps if d.endswith(".py") and d not in needed)
     assert not unused, f"dvc.yaml stage {stage!r} lists {unused}, which it never imports: remove them"
 
 
 def test_package_inits_import_no_project_module() -> None:
-    for init in ("reactdiff/__init__.py", "pipelines/__init__.py"):
+    for init in TOP_LEVEL_INITS:
         assert _project_imports(ROOT / init) <= {"reactdiff"}, f"{init} imports project modules"

@@ -239,7 +239,10 @@ def test_checkpoint_round_trip(tmp_path, data):
 
     bad = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(1)}, bad)
-    with pytest.raises(ValueError, match="other.pt: expected a reactdiff.*found None; train it again"):
+    with pytest.raises(
+        ValueError,
+        match=r"other.pt: expected a ReactDiff training checkpoint \(format 1\), found format None; train",
+    ):
         load_checkpoint(bad)
 
 
