@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -284,3 +285,38 @@ def test_the_service_runs_for_real_on_loopback_and_stops_by_pid(tmp_path, denois
         proc.terminate()  # stopped by its PID, whatever happened above
         proc.wait(timeout=20)
     assert not psutil.pid_exists(proc.pid) or psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_client_faster_than_real_time_is_told_and_disconnected(denoiser, stats):
+    face, audio = _speaker(6)
+    with _client(denoiser, stats, max_queued_windows=1) as client, client.websocket_connect("/listen") as ws:
+        ws.send_json({**START, "steps": 20})
+        ws.receive_json()
+        for i in range(6):  # all at once: six windows in far less than their 3.84 s
+            ws.send_json(_window(face, audio, i))
+        replies = []
+        with pytest.raises(WebSocketDisconnect) as closed:
+            while True:
+                replies.append(ws.receive_json())
+        assert closed.value.code == 1009
+        assert replies[-1]["type"] == "error" and "send at most real time" in replies[-1]["message"]
+        assert all(r["type"] == "reactions" for r in replies[:-1])
+
+
+def test_a_client_that_leaves_mid_window_disturbs_nobody(denoiser, stats):
+    face, audio = _speaker(2)
+    with _client(denoiser, stats) as client:
+        with client.websocket_connect("/listen") as ws:
+            ws.send_json(START)
+            ws.receive_json()
+            ws.send_json(_window(face, audio, 0))  # and gone before the reactions come back
+        with client.websocket_connect("/listen") as other:  # the next conversation is served as usual
+            other.send_json(START)
+            other.receive_json()
+            other.send_json(_window(face, audio, 0))
+            got = _reactions(other.receive_json())
+        np.testing.assert_allclose(got, _alone(denoiser, stats, face, audio, 1)[0], atol=1e-5)
+        deadline = time.monotonic() + 10
+        while client.get("/health").json()["connections"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/health").json()["connections"] == 0  # both conversations were let go
