@@ -373,6 +373,36 @@ def check_bind(host: str, token: str | None) -> None:
         )
 
 
+def resolve_model(reference: str) -> Path:
+    """The checkpoint ``--model`` names: a file, or an MLflow reference to the training run a researcher
+    compared in the UI: ``runs:/<run_id>`` (its logged ``model/reactdiff.pt``, or the path its
+    ``checkpoint_path`` tag records when the checkpoint was too big to log) or ``runs:/<run_id>/<path>``.
+    MLflow's tracking URI applies (``MLFLOW_TRACKING_URI``; by default ``sqlite:///mlflow.db`` here)."""
+    if not reference.startswith("runs:/"):
+        return Path(reference)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    run_id, _, artifact = reference.removeprefix("runs:/").partition("/")
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+        if artifact:
+            return Path(client.download_artifacts(run_id, artifact))
+        if "model/reactdiff.pt" in {a.path for a in client.list_artifacts(run_id, "model")}:
+            return Path(client.download_artifacts(run_id, "model/reactdiff.pt"))
+    except MlflowException as err:
+        raise SystemExit(
+            f"--model {reference}: {err.message} (tracking URI {mlflow.get_tracking_uri()})"
+        ) from None
+    if "checkpoint_path" in run.data.tags:
+        return Path(run.data.tags["checkpoint_path"])
+    raise SystemExit(
+        f"--model {reference}: the run logged no model/reactdiff.pt and records no checkpoint_path: "
+        "is it a training run (its name starts with 'train')?"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import os
 
@@ -381,7 +411,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     from reactdiff.training import load_denoiser
 
     parser = argparse.ArgumentParser(prog="python -m reactdiff.serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=Path("models/reactdiff.pt"))
+    parser.add_argument(
+        "--model",
+        default="models/reactdiff.pt",
+        help="a checkpoint file, or runs:/<run_id> of a training run",
+    )
     parser.add_argument("--stats", type=Path, default=Path("features/norm_stats.json"))
     parser.add_argument("--encoder", default="logmel", help="the audio encoder the model was trained with")
     parser.add_argument("--host", default="127.0.0.1")
@@ -403,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # took 2.6 times one on 2 cores); the cores serve parallel network workers instead.
         torch.set_num_threads(1)
         workers = args.workers or (os.cpu_count() or 1)
-    denoiser = load_denoiser(args.model, device=device)
+    denoiser = load_denoiser(resolve_model(args.model), device=device)
     config = ServeConfig(token=args.token, max_connections=args.max_connections)
     stats, encoder = NormStats.load(args.stats), build_encoder(args.encoder)
     app = create_app(denoiser, stats, encoder, config, device=device, workers=workers)

@@ -7,6 +7,7 @@ import base64
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -320,3 +321,29 @@ def test_a_client_that_leaves_mid_window_disturbs_nobody(denoiser, stats):
         while client.get("/health").json()["connections"] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert client.get("/health").json()["connections"] == 0  # both conversations were let go
+
+
+def test_the_model_can_be_named_by_the_mlflow_run_it_was_trained_in(tmp_path, monkeypatch):
+    import mlflow
+
+    from reactdiff.serve import resolve_model
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    checkpoint = tmp_path / "reactdiff.pt"
+    checkpoint.write_bytes(b"weights")
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("reactdiff")
+    logged = client.create_run(experiment, run_name="train · seed 0").info.run_id
+    client.log_artifact(logged, str(checkpoint), artifact_path="model")
+    big = client.create_run(experiment, tags={"checkpoint_path": "/models/paper.pt"}).info.run_id
+    bare = client.create_run(experiment).info.run_id
+
+    assert resolve_model("models/reactdiff.pt") == Path("models/reactdiff.pt")
+    assert resolve_model(f"runs:/{logged}").read_bytes() == b"weights"  # downloaded from the run
+    assert resolve_model(f"runs:/{logged}/model/reactdiff.pt").read_bytes() == b"weights"
+    assert resolve_model(f"runs:/{big}") == Path("/models/paper.pt")  # too big to log: its recorded path
+    with pytest.raises(SystemExit, match="logged no model/reactdiff.pt and records no checkpoint_path"):
+        resolve_model(f"runs:/{bare}")
+    with pytest.raises(SystemExit, match="--model runs:/0123456789abcdef: .*tracking URI sqlite"):
+        resolve_model("runs:/0123456789abcdef")
