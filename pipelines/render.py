@@ -3,9 +3,11 @@
 For the first ``render.sessions`` sessions of the sampled split (both directions of each dyad), writes
 ``renders/<example>.mp4`` (speaker on the left with its voice, real listener and M generated reactions
 in a grid, 25 fps) and ``plots/coefficients/<example>.png`` (chosen coefficients over time), and
-``plots/metrics.png`` (bar charts of the evaluation table). Plots and videos are logged as MLflow
-artifacts of the sampling run. Each example is one Prefect task (``render.runner``, ``render.workers``):
-drawing is Python holding the GIL, so the default runner is processes, one video per core at a time.
+``plots/metrics.png`` (bar charts of the evaluation table). ``renders/`` and ``plots/coefficients/``
+are written into fresh hidden folders swapped in at the end, so a failed or interrupted run leaves the
+previous ones. Plots and videos are logged as MLflow artifacts of the sampling run. Each example is
+one Prefect task (``render.runner``, ``render.workers``): drawing is Python holding the GIL, so the
+default runner is processes, one video per core at a time.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from prefect.cache_policies import NONE
 
 from pipelines import tracking
 from pipelines.flows import StageTimer, gather, make_task_runner, run_stage, worker_count
+from reactdiff import atomic
 from reactdiff.config import RenderParams, load_params
 from reactdiff.corpus import read_clip
 from reactdiff.evaluation import generated_reactions, load_split
@@ -40,20 +43,21 @@ def example_name(example: dict) -> str:
 @task(name="render-example", cache_policy=NONE)
 def render_example(
     name: str, speaker: np.ndarray, listener: np.ndarray, generated: np.ndarray, audio: np.ndarray,
-    audio_rate: int, cfg: RenderParams,
+    audio_rate: int, cfg: RenderParams, videos: str, plots: str,
 ) -> str:  # fmt: skip
     """One example's video and coefficient plot (a task: examples render in parallel)."""
     write_reaction_video(
-        VIDEOS / f"{name}.mp4", speaker, listener, generated, audio=audio, audio_rate=audio_rate,
+        Path(videos) / f"{name}.mp4", speaker, listener, generated, audio=audio, audio_rate=audio_rate,
         renderer=cfg.renderer, tile=cfg.tile, encoder_threads=1,
     )  # fmt: skip
-    plot_coefficients(PLOTS / f"{name}.png", speaker, listener, generated, dims=cfg.dims, title=name)
+    plot_coefficients(Path(plots) / f"{name}.png", speaker, listener, generated, dims=cfg.dims, title=name)
     return name
 
 
 @flow(name="render", log_prints=True)
-def render_flow(jobs: list[dict], cfg: RenderParams) -> list[str]:
-    return gather([render_example.submit(**job, cfg=cfg) for job in jobs], desc="render")
+def render_flow(jobs: list[dict], cfg: RenderParams, videos: str, plots: str) -> list[str]:
+    futures = [render_example.submit(**job, cfg=cfg, videos=videos, plots=plots) for job in jobs]
+    return gather(futures, desc="render")
 
 
 def main() -> None:
@@ -63,8 +67,6 @@ def main() -> None:
     split = load_split(FEATURES / params.sample.split)
     P = generated_reactions(SAMPLES / f"{params.sample.split}.parquet", split)
     sessions = sorted({e["session"] for e in split.examples})[: cfg.sessions]
-    VIDEOS.mkdir(parents=True, exist_ok=True)
-    PLOTS.mkdir(parents=True, exist_ok=True)
     jobs = []
     for k, example in enumerate(split.examples):
         if example["session"] not in sessions:
@@ -81,9 +83,11 @@ def main() -> None:
             }
         )
     written = []
-    if jobs:
-        workers = min(worker_count(cfg.workers), len(jobs))
-        written = render_flow.with_options(task_runner=make_task_runner(cfg.runner, workers))(jobs, cfg)
+    with atomic.atomic_dir(VIDEOS) as videos, atomic.atomic_dir(PLOTS) as plots:
+        if jobs:
+            workers = min(worker_count(cfg.workers), len(jobs))
+            runner = make_task_runner(cfg.runner, workers)
+            written = render_flow.with_options(task_runner=runner)(jobs, cfg, str(videos), str(plots))
     table = pd.read_csv(REPORT)
     table = table[table["subset"] == "all"].set_index("variant")
     metrics = [m for m in BAR_METRICS if m in table.columns]

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reactdiff import atomic, layout
+from reactdiff.corpus import CorpusError
 from reactdiff.features import EXAMPLES_FILE, FRAMES_FILE, NormStats, read_frames
 
 SEQUENCES_FILE = "sequences.arrow"
@@ -170,6 +171,14 @@ class WindowDataset:
             raise ValueError(f"speaker_history must be >= 0, got {speaker_history}")
         self.initial_past = initial_past
         self.speaker_history = int(speaker_history)
+        files = (META_FILE, SEQUENCES_FILE, INDEX_FILE)
+        missing = [name for name in files if not (split_dir / name).is_file()]
+        if missing:
+            raise CorpusError(
+                f"{split_dir}: no {', '.join(missing)}; build the windows first (`dvc repro windows`, or "
+                "`python -m pipelines.windows`)",
+                split_dir,
+            )
         self.meta = json.loads((split_dir / META_FILE).read_text())
         self.w = int(self.meta["w"])
         # Keep the mapping open for the dataset's lifetime: the numpy views below point into it.

@@ -134,3 +134,12 @@ def test_a_stopped_stage_stops_every_process_it_started(tmp_path, signum):
     assert not alive  # no orphan server left listening
     assert not (tmp_path / "features").exists()  # no half output ...
     assert not list(tmp_path.glob(".features.*"))  # ... and no stray temporary folder
+
+
+def test_train_without_windows_says_which_stage_to_run(project):
+    proc = _stage("train", project)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (
+        "[train] windows/train: no meta.json, sequences.arrow, index.parquet; build the windows first"
+        in proc.stderr
+    )
