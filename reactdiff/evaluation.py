@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from reactdiff import baselines, layout
+from reactdiff.corpus import CorpusError
 from reactdiff.features import EXAMPLES_FILE, FRAMES_FILE, NEIGHBOURS_FILE, read_frames
 from reactdiff.metrics import compute_all
 from reactdiff.realism import RealismEncoder
@@ -52,9 +53,18 @@ class SplitArrays:
         return int(self.speaker.shape[1])
 
 
+_RERUN_SAMPLE = "run the sample stage (`dvc repro sample`, or `python -m pipelines.sample`)"
+
+
 def load_split(features_split_dir: Path) -> SplitArrays:
     """Real speaker/listener sequences of every usable example, cut to the shortest example's length."""
     features_split_dir = Path(features_split_dir)
+    if not (features_split_dir / EXAMPLES_FILE).is_file():
+        raise CorpusError(
+            f"{features_split_dir / EXAMPLES_FILE}: not found; extract the features first (`dvc repro "
+            "features`, or `python -m pipelines.features`)",
+            features_split_dir,
+        )
     examples = [e for e in pq.read_table(features_split_dir / EXAMPLES_FILE).to_pylist() if e["usable"]]
     if not examples:
         raise ValueError(f"{features_split_dir / EXAMPLES_FILE}: no usable example")
@@ -73,7 +83,13 @@ def load_split(features_split_dir: Path) -> SplitArrays:
 
 
 def generated_reactions(samples_path: Path, split: SplitArrays) -> np.ndarray:
-    """``samples/<split>.parquet`` as ``P [N, M, T, 58]`` in the order of ``split.examples``."""
+    """``samples/<split>.parquet`` as ``P [N, M, T, 58]`` in the order of ``split.examples``.
+
+    A missing file, or one that lacks examples or frames of the split, raises :class:`CorpusError`
+    naming the file and the stage to rerun."""
+    samples_path = Path(samples_path)
+    if not samples_path.is_file():
+        raise CorpusError(f"{samples_path}: not found; {_RERUN_SAMPLE}", samples_path)
     table = pq.read_table(samples_path, columns=["example", "sample", "frame", "coeffs"])
     example = table.column("example").to_numpy()
     sample = table.column("sample").to_numpy().astype(np.int64)
@@ -83,15 +99,18 @@ def generated_reactions(samples_path: Path, split: SplitArrays) -> np.ndarray:
     position = {e["example"]: i for i, e in enumerate(split.examples)}
     missing = sorted(set(position) - set(np.unique(example).tolist()))
     if missing:
-        raise ValueError(
-            f"{samples_path}: no generated reactions for examples {missing[:10]}; rerun `sample`"
+        raise CorpusError(
+            f"{samples_path}: no generated reactions for examples {missing[:10]}; {_RERUN_SAMPLE}",
+            samples_path,
         )
     P = np.full((len(split.examples), m, split.frames, layout.N_COEFFS), np.nan, np.float32)
     keep = np.isin(example, list(position)) & (frame < split.frames)
     rows = np.array([position[e] for e in example[keep]])
     P[rows, sample[keep], frame[keep]] = coeffs[keep]
     if np.isnan(P).any():
-        raise ValueError(f"{samples_path}: some frames of some samples are missing; rerun `sample`")
+        raise CorpusError(
+            f"{samples_path}: some frames of some samples are missing; {_RERUN_SAMPLE}", samples_path
+        )
     return P
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from pipelines.sample import reactions_table
 from reactdiff import atomic
-from reactdiff.corpus import Example, SplitIndex
+from reactdiff.corpus import CorpusError, Example, SplitIndex
 from reactdiff.evaluation import (
     BASELINE_ORDER,
     METRIC_ORDER,
@@ -70,11 +70,11 @@ def test_generated_reactions_round_trip_and_missing_data(tmp_path):
     atomic.write_parquet(pa.concat_tables(tables), tmp_path / "samples.parquet")
     np.testing.assert_array_equal(generated_reactions(tmp_path / "samples.parquet", split), P)
     atomic.write_parquet(pa.concat_tables(tables[1:]), tmp_path / "partial.parquet")
-    with pytest.raises(ValueError, match="no generated reactions for examples"):
+    with pytest.raises(CorpusError, match="no generated reactions for examples .*dvc repro sample"):
         generated_reactions(tmp_path / "partial.parquet", split)
     short = reactions_table("s", split.examples[0], P[0, :, :30])
     atomic.write_parquet(pa.concat_tables([short, *tables[:3]]), tmp_path / "short.parquet")
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(CorpusError, match="some frames of some samples are missing; run the sample stage"):
         generated_reactions(tmp_path / "short.parquet", split)
 
 

@@ -15,6 +15,7 @@ import torch
 
 from pipelines.flows import run_stage
 from reactdiff.checkpoints import CheckpointError
+from reactdiff.errors import UserError
 from reactdiff.training import CHECKPOINT_FORMAT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,3 +144,13 @@ def test_train_without_windows_says_which_stage_to_run(project):
         "[train] windows/train: no meta.json, sequences.arrow, index.parquet; build the windows first"
         in proc.stderr
     )
+
+
+def test_evaluate_without_samples_says_which_stage_to_run(project, tmp_path):
+    from reactdiff.evaluation import generated_reactions
+
+    proc = _stage("evaluate", project)  # no features/ at all: the first thing it reads
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "[evaluate] features/test/examples.parquet: not found; extract the features first" in proc.stderr
+    with pytest.raises(UserError, match="samples/test.parquet: not found; run the sample stage"):
+        generated_reactions(Path("samples/test.parquet"), split=None)
