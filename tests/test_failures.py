@@ -153,4 +153,4 @@ def test_evaluate_without_samples_says_which_stage_to_run(project, tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "[evaluate] features/test/examples.parquet: not found; extract the features first" in proc.stderr
     with pytest.raises(UserError, match="samples/test.parquet: not found; run the sample stage"):
-        generated_reactions(Path("samples/test.parquet"), split=None)
+        generated_reactions(tmp_path / "samples" / "test.parquet", split=None)
