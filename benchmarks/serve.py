@@ -1,7 +1,7 @@
 """Latency of the live listener service under 1, 4 and 16 concurrent real-time conversations.
 
     python -m benchmarks.serve [--model models/reactdiff.pt] [--stats features/norm_stats.json]
-                               [--clients 1,4,16] [--windows 12] [--samples 10] [--steps 50] [--guidance 2]
+                               [--clients 1,4,16] [--windows 12] [--samples 10] [--steps 50] [--guidance 3]
 
 Starts ``python -m reactdiff.serve`` on a free loopback port, then for each client count opens that many
 WebSocket conversations that stream a speaker in real time: window ``i`` (16 frames, 0.64 s) is sent at
@@ -80,8 +80,12 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=12)
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--guidance", type=float, default=None, help="default: the sample stage's")
     args = parser.parse_args()
+    if args.guidance is None:
+        from reactdiff.serve import RECIPE
+
+        args.guidance = RECIPE.guidance_scale
 
     import httpx
     import psutil

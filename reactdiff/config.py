@@ -156,7 +156,7 @@ class SampleParams(_Section):
     solver: Literal["sde", "ode"] = "sde"
     """DPM-Solver++(2M) as SDE (Algorithm 2) or ODE (Algorithm 1); Table 5."""
     eta: float = Field(default=1.0, ge=0)
-    guidance_scale: float = 2.0
+    guidance_scale: float = 3.0
     """Classifier-free guidance scale; 1 disables guidance."""
     guidance_interval: list[float] | None = [0.0, 2.0]
     """Noise levels ``[lo, hi]`` where guidance applies (others: plain conditional); None = all."""

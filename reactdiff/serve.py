@@ -7,7 +7,7 @@ conversation. Messages are JSON text frames; arrays of floats travel as base64 o
 
 Client to server::
 
-    {"type": "start", "samples": 10, "seed": 0, "steps": 50, "guidance": 2.0,
+    {"type": "start", "samples": 10, "seed": 0, "steps": 50, "guidance": 3.0,
      "listener_start": null}                       # or the listener's 58 coefficients before it starts
     {"type": "window", "face": "<f32le [w, 58]>", "audio": "<f32le [w * 640]>"}   # 16 kHz mono in [-1, 1]
 
@@ -58,6 +58,7 @@ from starlette.concurrency import run_in_threadpool
 
 from reactdiff import layout, reference
 from reactdiff.audio import AudioEncoder, build_encoder
+from reactdiff.config import SampleParams
 from reactdiff.features import NormStats
 from reactdiff.model import Conditions
 from reactdiff.online import NonFiniteOutput, OnlineReactionGenerator, RejectedInput
@@ -173,10 +174,16 @@ def _encode(array: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode("ascii")
 
 
+# What a conversation gets unless its start message says otherwise: the recipe that the sample stage runs
+# and the evaluate stage scores (params.yaml's ``sample`` section as shipped).
+RECIPE = SampleParams()
+
+
 def _start_options(message: dict, config: ServeConfig) -> dict[str, Any]:
     """The generator options of a ``start`` message, checked against the limits."""
-    samples, steps, seed = message.get("samples", 10), message.get("steps", 50), message.get("seed", 0)
-    guidance = message.get("guidance", 2.0)
+    samples = message.get("samples", RECIPE.samples)
+    steps, seed = message.get("steps", RECIPE.steps), message.get("seed", 0)
+    guidance = message.get("guidance", RECIPE.guidance_scale)
     for name, value, high in (("samples", samples, config.max_samples), ("steps", steps, config.max_steps)):
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
             raise ValueError(f"{name} must be an integer in [1, {high}], got {value!r}")
@@ -282,7 +289,11 @@ def create_app(
                 window=window,
                 samples=options["samples"],
                 steps=options["steps"],
+                solver=RECIPE.solver,
+                eta=RECIPE.eta,
                 guidance_scale=options["guidance_scale"],
+                guidance_interval=RECIPE.guidance_interval,
+                clip_expression=RECIPE.clip_expression,
                 seed=options["seed"],
                 device=device,
                 encoder=encoder,

@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from reactdiff.audio import LogMelProsodyEncoder
+from reactdiff.config import SampleParams
 from reactdiff.features import NormStats
 from reactdiff.layout import MODEL_SAMPLE_RATE, N_COEFFS
 from reactdiff.online import OnlineReactionGenerator
@@ -72,13 +73,19 @@ def _client(denoiser, stats, **config) -> TestClient:
 
 
 def _generator(denoiser, stats, seed: int) -> OnlineReactionGenerator:
-    """The generator a START conversation gets (2 samples, 3 steps, guidance 1.5)."""
+    """The generator a START conversation gets: 2 samples, 3 steps, guidance 1.5, and otherwise the
+    recipe the sample stage runs (solver, guidance interval, clamping) as params.yaml ships it."""
+    recipe = SampleParams()
     return OnlineReactionGenerator(
         denoiser,
         stats,
         samples=2,
         steps=3,
+        solver=recipe.solver,
+        eta=recipe.eta,
         guidance_scale=1.5,
+        guidance_interval=recipe.guidance_interval,
+        clip_expression=recipe.clip_expression,
         seed=seed,
         device="cpu",
         encoder=LogMelProsodyEncoder(),
