@@ -108,6 +108,11 @@ def test_a_stopped_stage_stops_every_process_it_started(tmp_path, signum):
         "PYTHONPATH": str(ROOT),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
+    first = subprocess.run(
+        [sys.executable, "-m", "pipelines.features"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert first.returncode == 0, first.stderr
+    before = _digest(tmp_path / "features")  # a complete earlier output, which the stopped run must keep
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipelines.features"],
         cwd=tmp_path,
@@ -133,7 +138,7 @@ def test_a_stopped_stage_stops_every_process_it_started(tmp_path, signum):
     assert "[features] interrupted; the previous outputs are kept" in rest
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive  # no orphan server left listening
-    assert not (tmp_path / "features").exists()  # no half output ...
+    assert _digest(tmp_path / "features") == before  # the earlier output, byte for byte, not a mix ...
     assert not list(tmp_path.glob(".features.*"))  # ... and no stray temporary folder
 
 
