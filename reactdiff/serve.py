@@ -8,7 +8,8 @@ conversation. Messages are JSON text frames; arrays of floats travel as base64 o
 Client to server::
 
     {"type": "start", "samples": 10, "seed": 0, "steps": 50, "guidance": 3.0,
-     "listener_start": null}                       # or the listener's 58 coefficients before it starts
+     "listener_start": null,                       # or the listener's 58 coefficients before it starts
+     "render": null}                               # or {"tile": 96, "every": 4}: pictures (below)
     {"type": "window", "face": "<f32le [w, 58]>", "audio": "<f32le [w * 640]>"}   # 16 kHz mono in [-1, 1]
 
 Server to client::
@@ -16,6 +17,7 @@ Server to client::
     {"type": "ready", "window": 16, "fps": 25, "audio_rate": 16000, "coefficients": [...58 names...],
      "samples": 10}
     {"type": "reactions", "frame": 15, "shape": [10, 16, 58], "reactions": "<f32le>", "latency_ms": 212.0}
+    {"type": "frames", "frames": [3, 7, 11, 15], "images": ["<base64 JPEG>", ...]}   # only with "render"
     {"type": "rejected", "message": "..."}   # this window was refused; the conversation goes on unchanged
     {"type": "error", "message": "..."}      # a protocol error; the server then closes the connection
 
@@ -53,12 +55,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from reactdiff import layout, reference
 from reactdiff.audio import AudioEncoder, build_encoder
 from reactdiff.config import SampleParams
+from reactdiff.demo import DemoSession, WindowPainter, page, render_options
 from reactdiff.features import NormStats
 from reactdiff.model import Conditions
 from reactdiff.online import NonFiniteOutput, OnlineReactionGenerator, RejectedInput
@@ -179,7 +183,7 @@ def _encode(array: np.ndarray) -> str:
 RECIPE = SampleParams()
 
 
-def _start_options(message: dict, config: ServeConfig) -> dict[str, Any]:
+def _start_options(message: dict, config: ServeConfig, window: int) -> dict[str, Any]:
     """The generator options of a ``start`` message, checked against the limits."""
     samples = message.get("samples", RECIPE.samples)
     steps, seed = message.get("steps", RECIPE.steps), message.get("seed", 0)
@@ -204,6 +208,7 @@ def _start_options(message: dict, config: ServeConfig) -> dict[str, Any]:
         "seed": seed,
         "guidance_scale": float(guidance),
         "start": start,
+        "render": render_options(message.get("render"), window),
     }
 
 
@@ -235,8 +240,10 @@ def create_app(
     config: ServeConfig = ServeConfig(),
     device: torch.device | str = "cpu",
     workers: int = 1,
+    demo: DemoSession | None = None,
 ):
-    """The FastAPI app: ``/listen`` (the WebSocket protocol of the module docstring) and ``/health``.
+    """The FastAPI app: ``/listen`` (the WebSocket protocol of the module docstring) and ``/health``;
+    with a ``demo`` session also the browser demo (``/demo``, ``/demo/session``; :mod:`reactdiff.demo`).
 
     ``workers``: network workers, each a :class:`BatchingDenoiser` of its own that runs in parallel with
     the others (torch releases the GIL); a new conversation joins the least busy one, and conversations
@@ -255,6 +262,27 @@ def create_app(
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "connections": app.state.connections, "window": window}
+
+    if demo is not None:
+        session = demo.as_json()
+
+        def authorise(request: Request) -> None:  # the page carries ?token=... on to its requests
+            if not _authorised(request, config.token):
+                raise HTTPException(status_code=401, detail="missing or wrong token")
+
+        @app.get("/", include_in_schema=False)
+        def root(request: Request) -> RedirectResponse:
+            return RedirectResponse("/demo" + (f"?{request.url.query}" if request.url.query else ""))
+
+        @app.get("/demo", response_class=HTMLResponse)
+        def demo_page(request: Request) -> str:
+            authorise(request)
+            return page()
+
+        @app.get("/demo/session")
+        def demo_session(request: Request) -> dict[str, Any]:
+            authorise(request)
+            return session
 
     async def send_error(websocket: WebSocket, message: str, code: int = 1008) -> None:
         await websocket.send_json({"type": "error", "message": message})
@@ -279,7 +307,7 @@ def create_app(
                 message = json.loads(await websocket.receive_text())
                 if not isinstance(message, dict) or message.get("type") != "start":
                     raise ValueError('the first message must be {"type": "start", ...}')
-                options = _start_options(message, config)
+                options = _start_options(message, config, window)
             except (ValueError, json.JSONDecodeError) as err:
                 await send_error(websocket, f"bad start message: {err}")
                 return
@@ -299,6 +327,9 @@ def create_app(
                 encoder=encoder,
             )
             generator.reset(options["start"])
+            painter = None
+            if options["render"] is not None:
+                painter = WindowPainter(options["samples"], *options["render"])
             await websocket.send_json(
                 {"type": "ready", "window": window, "fps": layout.FPS, "audio_rate": encoder.sample_rate,
                  "coefficients": names, "samples": options["samples"]}
@@ -357,6 +388,13 @@ def create_app(
                         "latency_ms": round(1000 * (time.perf_counter() - started), 1),
                     }
                 )
+                if painter is not None:
+                    first = generator.frame - window
+                    images = await run_in_threadpool(
+                        painter.paint, face.reshape(window, layout.N_COEFFS), reactions
+                    )
+                    frames = list(range(first + painter.every - 1, generator.frame, painter.every))
+                    await websocket.send_json({"type": "frames", "frames": frames, "images": images})
         except WebSocketDisconnect:
             return
         finally:
@@ -435,6 +473,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-connections", type=int, default=ServeConfig.max_connections)
     parser.add_argument("--workers", type=int, default=0, help="network workers on CPU (0: one per core)")
+    parser.add_argument(
+        "--demo", type=Path, help="a corpus (e.g. data_sample) whose session the browser demo at /demo plays"
+    )
+    parser.add_argument("--demo-split", default="test")
+    parser.add_argument("--demo-example", type=int, default=0)
     args = parser.parse_args(argv)
     check_bind(args.host, args.token)
 
@@ -451,11 +494,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     denoiser = load_denoiser(resolve_model(args.model), device=device)
     config = ServeConfig(token=args.token, max_connections=args.max_connections)
     stats, encoder = NormStats.load(args.stats), build_encoder(args.encoder)
-    app = create_app(denoiser, stats, encoder, config, device=device, workers=workers)
+    demo = None
+    if args.demo is not None:
+        from reactdiff.demo import load_demo_session
+
+        demo = load_demo_session(args.demo, args.demo_split, args.demo_example, encoder.sample_rate)
+    app = create_app(denoiser, stats, encoder, config, device=device, workers=workers, demo=demo)
     print(
         f"[serve] {args.model} on {device} ({workers} workers): ws://{args.host}:{args.port}/listen",
         flush=True,
     )
+    if demo is not None:
+        print(f"[serve] browser demo ({demo.name}): http://{args.host}:{args.port}/demo", flush=True)
     uvicorn.run(
         app, host=args.host, port=args.port, ws_max_size=config.max_message_bytes, log_level="warning"
     )
