@@ -156,6 +156,9 @@ class ServeConfig:
     max_samples: int = 32
     max_steps: int = 100
     max_queued_windows: int = 4
+    send_timeout_s: float = 10.0
+    """A client that has not taken a reply within this time has stopped reading: it is dropped, so that
+    its unread replies do not pile up in the server's memory."""
 
 
 def _floats(text: Any, what: str, count: int | None = None) -> np.ndarray:
@@ -221,6 +224,10 @@ def _step_together(
         return generator.step(face, audio)
     finally:
         batching.leave()
+
+
+class ClientNotReading(Exception):
+    """A reply could not be delivered within ``ServeConfig.send_timeout_s``."""
 
 
 def _authorised(websocket: Any, token: str | None) -> bool:
@@ -350,6 +357,12 @@ def create_app(
                             f"(one window every {window / layout.FPS:.2f} s)"
                         ) from None
 
+            async def send(reply: dict) -> None:
+                try:
+                    await asyncio.wait_for(websocket.send_json(reply), config.send_timeout_s)
+                except TimeoutError:
+                    raise ClientNotReading from None
+
             reader = asyncio.create_task(read())
             while True:
                 getter = asyncio.create_task(queue.get())
@@ -377,9 +390,9 @@ def create_app(
                         _step_together, batching, generator, face.reshape(window, layout.N_COEFFS), audio
                     )
                 except (ValueError, RejectedInput, NonFiniteOutput) as err:
-                    await websocket.send_json({"type": "rejected", "message": str(err)})
+                    await send({"type": "rejected", "message": str(err)})
                     continue
-                await websocket.send_json(
+                await send(
                     {
                         "type": "reactions",
                         "frame": generator.frame - 1,
@@ -394,9 +407,13 @@ def create_app(
                         painter.paint, face.reshape(window, layout.N_COEFFS), reactions
                     )
                     frames = list(range(first + painter.every - 1, generator.frame, painter.every))
-                    await websocket.send_json({"type": "frames", "frames": frames, "images": images})
+                    await send({"type": "frames", "frames": frames, "images": images})
         except WebSocketDisconnect:
             return
+        except ClientNotReading:
+            # The conversation ends here: its slot, its generator and its worker's batch are let go at
+            # once. The connection itself closes once uvicorn's keep-alive pings go unanswered.
+            reader.cancel()
         finally:
             app.state.connections -= 1
             load[slot] -= 1
@@ -474,6 +491,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-connections", type=int, default=ServeConfig.max_connections)
     parser.add_argument("--workers", type=int, default=0, help="network workers on CPU (0: one per core)")
     parser.add_argument(
+        "--send-timeout",
+        type=float,
+        default=ServeConfig.send_timeout_s,
+        help="seconds a reply may wait for a client to read it before the conversation is dropped",
+    )
+    parser.add_argument(
         "--demo", type=Path, help="a corpus (e.g. data_sample) whose session the browser demo at /demo plays"
     )
     parser.add_argument("--demo-split", default="test")
@@ -492,7 +515,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(1)
         workers = args.workers or (os.cpu_count() or 1)
     denoiser = load_denoiser(resolve_model(args.model), device=device)
-    config = ServeConfig(token=args.token, max_connections=args.max_connections)
+    config = ServeConfig(
+        token=args.token, max_connections=args.max_connections, send_timeout_s=args.send_timeout
+    )
     stats, encoder = NormStats.load(args.stats), build_encoder(args.encoder)
     demo = None
     if args.demo is not None:

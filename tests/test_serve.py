@@ -4,7 +4,9 @@ and clients that misbehave (each gets a clear answer and the others are not dist
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -236,21 +238,18 @@ def test_a_public_bind_needs_a_token():
         check_bind("0.0.0.0", None)
 
 
-def test_the_service_runs_for_real_on_loopback_and_stops_by_pid(tmp_path, denoiser, stats):
-    import os
+@contextlib.contextmanager
+def _real_service(tmp_path, denoiser, stats, *extra: str):
+    """``python -m reactdiff.serve`` on a free loopback port with ``denoiser`` saved as a checkpoint;
+    yields ``(process, port)`` once it answers, and stops it by its PID, whatever happens."""
     import socket
     import subprocess
     import sys
-    import time
-    from pathlib import Path
 
     import httpx
-    import psutil
-    from websockets.sync.client import connect
 
     from reactdiff.training import CHECKPOINT_FORMAT
 
-    root = Path(__file__).resolve().parents[1]
     model = tmp_path / "model.pt"
     state = denoiser.state_dict()
     network = {"network": denoiser.config.to_dict(), "sigma_data": denoiser.sigma_data}
@@ -259,18 +258,11 @@ def test_the_service_runs_for_real_on_loopback_and_stops_by_pid(tmp_path, denois
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    args = [
-        "--model",
-        str(model),
-        "--stats",
-        str(tmp_path / "stats.json"),
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    proc = subprocess.Popen([sys.executable, "-m", "reactdiff.serve", *args], cwd=tmp_path, env=env)
+    args = ["--model", str(model), "--stats", str(tmp_path / "stats.json"), "--port", str(port)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reactdiff.serve", *args, "--device", "cpu", *extra], cwd=tmp_path, env=env
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -280,6 +272,17 @@ def test_the_service_runs_for_real_on_loopback_and_stops_by_pid(tmp_path, denois
             except httpx.TransportError:
                 assert proc.poll() is None and time.monotonic() < deadline, "the service did not start"
                 time.sleep(0.5)
+        yield proc, port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_the_service_runs_for_real_on_loopback_and_stops_by_pid(tmp_path, denoiser, stats):
+    import psutil
+    from websockets.sync.client import connect
+
+    with _real_service(tmp_path, denoiser, stats) as (proc, port):
         listening = [c.laddr for c in psutil.Process(proc.pid).net_connections() if c.status == "LISTEN"]
         assert listening and all(addr.ip == "127.0.0.1" for addr in listening)  # loopback only
         face, audio = _speaker(1)
@@ -289,10 +292,48 @@ def test_the_service_runs_for_real_on_loopback_and_stops_by_pid(tmp_path, denois
             ws.send(json.dumps(_window(face, audio, 0)))
             reply = json.loads(ws.recv())
         np.testing.assert_allclose(_reactions(reply), _alone(denoiser, stats, face, audio, 1)[0], atol=1e-5)
-    finally:
-        proc.terminate()  # stopped by its PID, whatever happened above
-        proc.wait(timeout=20)
     assert not psutil.pid_exists(proc.pid) or psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_client_that_stops_reading_is_dropped_and_the_others_stream_on(tmp_path, denoiser, stats):
+    import socket
+
+    import httpx
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    windows = 60
+    face, audio = _speaker(windows)
+    with _real_service(tmp_path, denoiser, stats, "--send-timeout", "1") as (proc, port):
+        url = f"ws://127.0.0.1:{port}/listen"
+        # The mute client sends its windows at the pace of the other client, never faster, asks for big
+        # replies (32 samples of 16 x 58 floats: 160 kB each) and reads none: with a 4 kB receive buffer
+        # and a queue of one message, its side of the socket fills at once, then the server's.
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(("127.0.0.1", port))
+        mute = connect(url, sock=raw, max_queue=1)
+        mute.send(json.dumps({**START, "samples": 32, "steps": 1, "guidance": 1.0}))
+        with connect(url) as other:
+            other.send(json.dumps(START))
+            assert json.loads(other.recv())["type"] == "ready"
+            replies, dropped_at = [], None
+            for i in range(windows):
+                if dropped_at is None:
+                    try:
+                        mute.send(json.dumps(_window(face, audio, i)))
+                    except ConnectionClosed:
+                        pass
+                other.send(json.dumps(_window(face, audio, i)))
+                replies.append(json.loads(other.recv()))
+                connections = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["connections"]
+                if connections == 1 and dropped_at is None:
+                    dropped_at = i
+        raw.close()
+        assert proc.poll() is None  # the server stays up
+    assert dropped_at is not None, "the mute client was never dropped"
+    assert [r["type"] for r in replies] == ["reactions"] * windows  # no missed window for the other
+    assert [r["frame"] for r in replies] == [W * (i + 1) - 1 for i in range(windows)]
 
 
 def test_a_client_faster_than_real_time_is_told_and_disconnected(denoiser, stats):
