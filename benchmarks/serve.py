@@ -9,8 +9,9 @@ WebSocket conversations that stream a speaker in real time: window ``i`` (16 fra
 within the first window so that the clients are not artificially synchronised. The latency of a window
 is from sending it to receiving its reactions. A conversation is real time when every window is answered
 within 0.64 s; the table gives p50 and p99 latency, the share of windows within 0.64 s, and the CPU use
-of the server process (cores busy on average). The first window of each conversation is a warm-up and
-is not counted. Speaker inputs are the train means plus noise: latency does not depend on the content.
+of the service with its worker processes (cores busy on average). The first window of each conversation
+is a warm-up and is not counted. Speaker inputs are the train means plus noise: latency does not depend
+on the content.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=None, help="default: the sample stage's")
+    parser.add_argument("--workers", type=int, default=0, help="the service's workers (0: its default)")
     args = parser.parse_args()
     if args.guidance is None:
         from reactdiff.serve import RECIPE
@@ -96,7 +98,7 @@ def main() -> None:
     counts = [int(c) for c in args.clients.split(",") if c]
     server = subprocess.Popen(
         [sys.executable, "-m", "reactdiff.serve", "--model", args.model, "--stats", args.stats,
-         "--port", str(port), "--max-connections", str(max(counts))],
+         "--port", str(port), "--max-connections", str(max(counts)), "--workers", str(args.workers)],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )  # fmt: skip
     rows = []
@@ -110,11 +112,15 @@ def main() -> None:
                 if server.poll() is not None:
                     raise SystemExit("the service did not start") from None
                 time.sleep(0.5)
-        process = psutil.Process(server.pid)
+        service = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+
+        def cpu_seconds() -> float:  # the service and its worker processes
+            return sum(sum(p.cpu_times()[:2]) for p in service)
+
         for clients in counts:
-            cpu0, t0 = sum(process.cpu_times()[:2]), time.perf_counter()
+            cpu0, t0 = cpu_seconds(), time.perf_counter()
             latencies = np.asarray(asyncio.run(_round(port, clients, args)))
-            cores = (sum(process.cpu_times()[:2]) - cpu0) / (time.perf_counter() - t0)
+            cores = (cpu_seconds() - cpu0) / (time.perf_counter() - t0)
             rows.append(
                 f"| {clients} | {len(latencies)} | {1000 * np.percentile(latencies, 50):.0f} "
                 f"| {1000 * np.percentile(latencies, 99):.0f} | {100 * np.mean(latencies <= BUDGET_S):.0f} % "

@@ -27,9 +27,10 @@ later frame. A window that is non-finite, absurd or of the wrong length is rejec
 continues the same reactions as if it had never been sent (:class:`reactdiff.online.RejectedInput`).
 
 Concurrency: each conversation runs its own :class:`~reactdiff.online.OnlineReactionGenerator` in a
-worker thread; the conversations share the network through :class:`BatchingDenoiser` workers (one per
-core on a CPU), each of which runs the denoiser calls of its conversations whose windows overlap as one
-batch per solver step. A slow client only delays itself. ``python -m benchmarks.serve`` measures it.
+worker, one worker process per core on a CPU (:mod:`reactdiff.serve_pool`), one in-process worker on a
+GPU; each worker runs the denoiser calls of its conversations whose windows overlap as one batch per
+solver step (:class:`BatchingDenoiser`). The event loop only moves messages; a slow client only delays
+itself. ``python -m benchmarks.serve`` measures it.
 
 Limits (all configurable): connections, message size, samples and steps per conversation, and windows
 queued per connection (a client sending faster than real time is told so and disconnected). No pickles
@@ -42,6 +43,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -66,8 +68,9 @@ from reactdiff.demo import DemoSession, WindowPainter, page, render_options
 from reactdiff.features import NormStats
 from reactdiff.model import Conditions
 from reactdiff.online import NonFiniteOutput, OnlineReactionGenerator, RejectedInput
+from reactdiff.serve_pool import ConversationFailed, ProcessConversations
 
-__all__ = ["BatchingDenoiser", "ServeConfig", "create_app", "main"]
+__all__ = ["BatchingDenoiser", "LocalConversations", "ServeConfig", "create_app", "main"]
 
 
 class BatchingDenoiser:
@@ -215,7 +218,7 @@ def _start_options(message: dict, config: ServeConfig, window: int) -> dict[str,
     }
 
 
-def _step_together(
+def step_together(
     batching: BatchingDenoiser, generator: OnlineReactionGenerator, face: np.ndarray, audio: np.ndarray
 ) -> np.ndarray:
     """One window of one conversation, counted as active so that the batcher waits for its calls."""
@@ -224,6 +227,76 @@ def _step_together(
         return generator.step(face, audio)
     finally:
         batching.leave()
+
+
+def open_generator(
+    batching: BatchingDenoiser,
+    stats: NormStats,
+    encoder: AudioEncoder,
+    device: torch.device | str,
+    window: int,
+    options: dict[str, Any],
+) -> OnlineReactionGenerator:
+    """The generator of a conversation started with ``options`` (:func:`_start_options`): the start
+    message's samples, steps, seed and guidance scale over the recipe the sample stage runs."""
+    generator = OnlineReactionGenerator(
+        batching,
+        stats,
+        window=window,
+        samples=options["samples"],
+        steps=options["steps"],
+        solver=RECIPE.solver,
+        eta=RECIPE.eta,
+        guidance_scale=options["guidance_scale"],
+        guidance_interval=RECIPE.guidance_interval,
+        clip_expression=RECIPE.clip_expression,
+        seed=options["seed"],
+        device=device,
+        encoder=encoder,
+    )
+    generator.reset(options["start"])
+    return generator
+
+
+class LocalConversation:
+    def __init__(self, owner: LocalConversations, slot: int, generator: OnlineReactionGenerator) -> None:
+        self.owner, self.slot, self.generator = owner, slot, generator
+
+    @property
+    def frame(self) -> int:
+        return self.generator.frame
+
+    async def step(self, face: np.ndarray, audio: np.ndarray) -> np.ndarray:
+        batching = self.owner.batchers[self.slot]
+        return await run_in_threadpool(step_together, batching, self.generator, face, audio)
+
+    def close(self) -> None:
+        self.owner.load[self.slot] -= 1
+
+
+class LocalConversations:
+    """Conversations in this process: ``workers`` network workers, each a :class:`BatchingDenoiser` of its
+    own (a thread); a new conversation joins the least busy one, and conversations of one worker batch
+    together. What a GPU (one worker) and the tests use; on CPU cores the service runs conversations in
+    worker processes instead (:mod:`reactdiff.serve_pool`)."""
+
+    def __init__(self, denoiser: Any, stats: NormStats, encoder: AudioEncoder, device, workers: int = 1):
+        first = denoiser if isinstance(denoiser, BatchingDenoiser) else BatchingDenoiser(denoiser)
+        self.batchers = [first] + [BatchingDenoiser(first.denoiser) for _ in range(workers - 1)]
+        self.load = dict.fromkeys(range(workers), 0)  # conversations per worker
+        self.stats, self.encoder, self.device = stats, encoder, device
+        self.window = int(first.config.frames) if first.config is not None else 16
+
+    async def open(self, options: dict[str, Any]) -> LocalConversation:
+        slot = min(self.load, key=self.load.get)
+        generator = open_generator(
+            self.batchers[slot], self.stats, self.encoder, self.device, self.window, options
+        )
+        self.load[slot] += 1
+        return LocalConversation(self, slot, generator)
+
+    def close(self) -> None:
+        pass
 
 
 class ClientNotReading(Exception):
@@ -248,23 +321,28 @@ def create_app(
     device: torch.device | str = "cpu",
     workers: int = 1,
     demo: DemoSession | None = None,
+    conversations: Any = None,
 ):
     """The FastAPI app: ``/listen`` (the WebSocket protocol of the module docstring) and ``/health``;
     with a ``demo`` session also the browser demo (``/demo``, ``/demo/session``; :mod:`reactdiff.demo`).
 
-    ``workers``: network workers, each a :class:`BatchingDenoiser` of its own that runs in parallel with
-    the others (torch releases the GIL); a new conversation joins the least busy one, and conversations
-    of one worker batch together.
+    Conversations run in ``conversations`` (:class:`~reactdiff.serve_pool.ProcessConversations`, closed
+    with the app), by default in this process with ``workers`` network workers (:class:`LocalConversations`).
     """
-    batchers = [denoiser if isinstance(denoiser, BatchingDenoiser) else BatchingDenoiser(denoiser)]
-    batchers += [BatchingDenoiser(batchers[0].denoiser) for _ in range(workers - 1)]
-    load = dict.fromkeys(range(workers), 0)  # conversations per batcher
-    window = int(batchers[0].config.frames) if batchers[0].config is not None else 16
+    if conversations is None:
+        conversations = LocalConversations(denoiser, stats, encoder, device, workers)
+    config_of = getattr(denoiser, "config", None)
+    window = int(config_of.frames) if config_of is not None else 16
     hop = encoder.sample_rate // layout.FPS
     names = reference.coefficient_names()
-    app = FastAPI(title="ReactDiff live listener")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        conversations.close()
+
+    app = FastAPI(title="ReactDiff live listener", lifespan=lifespan)
     app.state.connections = 0
-    app.state.batchers = batchers
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -305,9 +383,7 @@ def create_app(
             return
         await websocket.accept()
         app.state.connections += 1
-        slot = min(load, key=load.get)  # the least busy network worker takes the conversation
-        load[slot] += 1
-        batching = batchers[slot]
+        conversation = None
         queue: asyncio.Queue = asyncio.Queue(maxsize=config.max_queued_windows)
         try:
             try:
@@ -318,22 +394,7 @@ def create_app(
             except (ValueError, json.JSONDecodeError) as err:
                 await send_error(websocket, f"bad start message: {err}")
                 return
-            generator = OnlineReactionGenerator(
-                batching,
-                stats,
-                window=window,
-                samples=options["samples"],
-                steps=options["steps"],
-                solver=RECIPE.solver,
-                eta=RECIPE.eta,
-                guidance_scale=options["guidance_scale"],
-                guidance_interval=RECIPE.guidance_interval,
-                clip_expression=RECIPE.clip_expression,
-                seed=options["seed"],
-                device=device,
-                encoder=encoder,
-            )
-            generator.reset(options["start"])
+            conversation = await conversations.open(options)
             painter = None
             if options["render"] is not None:
                 painter = WindowPainter(options["samples"], *options["render"])
@@ -386,37 +447,38 @@ def create_app(
                 try:
                     face = _floats(message.get("face"), "face", window * layout.N_COEFFS)
                     audio = _floats(message.get("audio"), "audio", window * hop)
-                    reactions = await run_in_threadpool(
-                        _step_together, batching, generator, face.reshape(window, layout.N_COEFFS), audio
-                    )
+                    reactions = await conversation.step(face.reshape(window, layout.N_COEFFS), audio)
                 except (ValueError, RejectedInput, NonFiniteOutput) as err:
                     await send({"type": "rejected", "message": str(err)})
                     continue
                 await send(
                     {
                         "type": "reactions",
-                        "frame": generator.frame - 1,
+                        "frame": conversation.frame - 1,
                         "shape": list(reactions.shape),
                         "reactions": _encode(reactions),
                         "latency_ms": round(1000 * (time.perf_counter() - started), 1),
                     }
                 )
                 if painter is not None:
-                    first = generator.frame - window
+                    first = conversation.frame - window
                     images = await run_in_threadpool(
                         painter.paint, face.reshape(window, layout.N_COEFFS), reactions
                     )
-                    frames = list(range(first + painter.every - 1, generator.frame, painter.every))
+                    frames = list(range(first + painter.every - 1, conversation.frame, painter.every))
                     await send({"type": "frames", "frames": frames, "images": images})
         except WebSocketDisconnect:
             return
+        except ConversationFailed as err:
+            await send_error(websocket, f"the conversation failed and ended: {err}", code=1011)
         except ClientNotReading:
             # The conversation ends here: its slot, its generator and its worker's batch are let go at
             # once. The connection itself closes once uvicorn's keep-alive pings go unanswered.
             reader.cancel()
         finally:
             app.state.connections -= 1
-            load[slot] -= 1
+            if conversation is not None:
+                conversation.close()
 
     return app
 
@@ -489,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--token", default=os.environ.get("REACTDIFF_TOKEN"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-connections", type=int, default=ServeConfig.max_connections)
-    parser.add_argument("--workers", type=int, default=0, help="network workers on CPU (0: one per core)")
+    parser.add_argument("--workers", type=int, default=0, help="worker processes on CPU (0: one per core)")
     parser.add_argument(
         "--send-timeout",
         type=float,
@@ -507,26 +569,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     from reactdiff.devices import select_device
 
     device = select_device(args.device)
-    workers = 1
-    if device.type == "cpu":
-        # A small network is faster on one thread per call than on torch's default of every core (the
-        # thread pools of the conversations and the network spin against each other: two conversations
-        # took 2.6 times one on 2 cores); the cores serve parallel network workers instead.
-        torch.set_num_threads(1)
-        workers = args.workers or (os.cpu_count() or 1)
     denoiser = load_denoiser(resolve_model(args.model), device=device)
     config = ServeConfig(
         token=args.token, max_connections=args.max_connections, send_timeout_s=args.send_timeout
     )
     stats, encoder = NormStats.load(args.stats), build_encoder(args.encoder)
+    workers, conversations = 1, None
+    if device.type == "cpu":
+        # One worker process per core, each on one torch thread (serve_pool says why): a small network
+        # is faster on one thread per call than on torch's default of every core, and threads of one
+        # process wait on each other's Python.
+        torch.set_num_threads(1)
+        workers = args.workers or (os.cpu_count() or 1)
+        window = int(denoiser.config.frames)
+        conversations = ProcessConversations(workers, denoiser, stats, encoder, str(device), window)
     demo = None
     if args.demo is not None:
         from reactdiff.demo import load_demo_session
 
         demo = load_demo_session(args.demo, args.demo_split, args.demo_example, encoder.sample_rate)
-    app = create_app(denoiser, stats, encoder, config, device=device, workers=workers, demo=demo)
+    app = create_app(
+        denoiser,
+        stats,
+        encoder,
+        config,
+        device=device,
+        workers=workers,
+        demo=demo,
+        conversations=conversations,
+    )
     print(
-        f"[serve] {args.model} on {device} ({workers} workers): ws://{args.host}:{args.port}/listen",
+        f"[serve] {args.model} on {device} ({workers} worker {'processes' if conversations else 'threads'}): "
+        f"ws://{args.host}:{args.port}/listen",
         flush=True,
     )
     if demo is not None:

@@ -282,9 +282,11 @@ def test_the_service_runs_for_real_on_loopback_and_stops_by_pid(tmp_path, denois
     import psutil
     from websockets.sync.client import connect
 
-    with _real_service(tmp_path, denoiser, stats) as (proc, port):
+    with _real_service(tmp_path, denoiser, stats, "--workers", "2") as (proc, port):
         listening = [c.laddr for c in psutil.Process(proc.pid).net_connections() if c.status == "LISTEN"]
         assert listening and all(addr.ip == "127.0.0.1" for addr in listening)  # loopback only
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 2, [c.cmdline() for c in children]  # the two worker processes
         face, audio = _speaker(1)
         with connect(f"ws://127.0.0.1:{port}/listen") as ws:
             ws.send(json.dumps(START))
@@ -293,6 +295,8 @@ def test_the_service_runs_for_real_on_loopback_and_stops_by_pid(tmp_path, denois
             reply = json.loads(ws.recv())
         np.testing.assert_allclose(_reactions(reply), _alone(denoiser, stats, face, audio, 1)[0], atol=1e-5)
     assert not psutil.pid_exists(proc.pid) or psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE
+    _, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, [c.cmdline() for c in alive]  # no worker process outlives the service
 
 
 def test_a_client_that_stops_reading_is_dropped_and_the_others_stream_on(tmp_path, denoiser, stats):
