@@ -91,6 +91,7 @@ class _Worker:
             self.process.kill()
             raise RuntimeError(f"listener worker {index} did not start (exit code {self.process.exitcode})")
         self.conversations = 0
+        self.alive = True
         self.pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
         self.lock = threading.Lock()
         self.reader = threading.Thread(target=self._read, name=f"worker-{index}-replies", daemon=True)
@@ -102,8 +103,11 @@ class _Worker:
                 message = self.conn.recv()
             except (EOFError, OSError):
                 message = None
-            if message is None:  # the worker died: every waiting conversation is told
+            if (
+                message is None
+            ):  # the worker died: every waiting conversation is told, none is sent here again
                 with self.lock:
+                    self.alive = False
                     waiting, self.pending = self.pending, {}
                 for loop, future in waiting.values():
                     loop.call_soon_threadsafe(_settle, future, ("failed", None, "the worker process died"))
@@ -116,8 +120,15 @@ class _Worker:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self.lock:
+            if not self.alive:
+                return ("failed", ident, "the worker process died")
             self.pending[ident] = (loop, future)
-        self.conn.send(message)
+        try:
+            self.conn.send(message)
+        except OSError:
+            with self.lock:
+                self.pending.pop(ident, None)
+            return ("failed", ident, "the worker process died")
         return await future
 
 
@@ -158,7 +169,10 @@ class ProcessConversations:
         self._ids = itertools.count()
 
     async def open(self, options: dict[str, Any]) -> RemoteConversation:
-        worker = min(self.workers, key=lambda w: w.conversations)
+        alive = [w for w in self.workers if w.alive]
+        if not alive:
+            raise ConversationFailed("every worker process has died; restart the service")
+        worker = min(alive, key=lambda w: w.conversations)
         ident = next(self._ids)
         worker.conversations += 1
         reply = await worker.request(ident, ("open", ident, options))

@@ -340,6 +340,47 @@ def test_a_client_that_stops_reading_is_dropped_and_the_others_stream_on(tmp_pat
     assert [r["frame"] for r in replies] == [W * (i + 1) - 1 for i in range(windows)]
 
 
+def test_a_dead_worker_ends_its_conversations_with_an_error_and_the_service_goes_on(
+    tmp_path, denoiser, stats
+):
+    import psutil
+    from websockets.sync.client import connect
+
+    face, audio = _speaker(3)
+    with _real_service(tmp_path, denoiser, stats, "--workers", "2") as (proc, port):
+        url = f"ws://127.0.0.1:{port}/listen"
+        with connect(url) as first, connect(url) as second:  # one conversation on each worker
+            for ws in (first, second):
+                ws.send(json.dumps(START))
+                assert json.loads(ws.recv())["type"] == "ready"
+                ws.send(json.dumps(_window(face, audio, 0)))
+                assert json.loads(ws.recv())["type"] == "reactions"
+            workers = [
+                c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())
+            ]
+            assert len(workers) == 2
+            victim = workers[0]
+            victim.kill()  # it stays a zombie until the service reaps it: wait for that, not for its end
+            deadline = time.monotonic() + 10
+            while victim.is_running() and victim.status() != psutil.STATUS_ZOMBIE:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            replies = []
+            for ws in (first, second):
+                ws.send(json.dumps(_window(face, audio, 1)))
+                replies.append(json.loads(ws.recv()))
+            kinds = sorted(r["type"] for r in replies)
+            assert kinds == ["error", "reactions"], replies  # one conversation lost, the other streams on
+            error = next(r for r in replies if r["type"] == "error")
+            assert "the worker process died" in error["message"]
+        with connect(url) as third:  # a new conversation goes to the worker that is alive
+            third.send(json.dumps(START))
+            assert json.loads(third.recv())["type"] == "ready"
+            third.send(json.dumps(_window(face, audio, 0)))
+            assert json.loads(third.recv())["type"] == "reactions"
+        assert proc.poll() is None
+
+
 def test_a_client_faster_than_real_time_is_told_and_disconnected(denoiser, stats):
     face, audio = _speaker(6)
     with _client(denoiser, stats, max_queued_windows=1) as client, client.websocket_connect("/listen") as ws:
