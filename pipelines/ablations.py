@@ -6,6 +6,13 @@ Run (a table, several, or all; resumable: finished variants are skipped)::
     python -m pipelines.ablations run --seeds 3                     # every variant with 3 seeds
     python -m pipelines.ablations run --set train.steps=1000       # a base override for every variant
     python -m pipelines.ablations report                            # reports/ablations.{md,csv}
+    python -m pipelines.ablations export                            # reports/ablations.runs.json.gz
+    python -m pipelines.ablations import                            # ... into this MLflow store
+
+``export`` writes the latest campaign's MLflow records (tags, params, metrics with the training curves;
+not the artifacts) beside the report, and ``import`` recreates them in another store, where ``run``
+resumes the campaign and ``report`` rebuilds the tables: a campaign longer than one machine's session
+moves with the repository, and a reader of the report can open its runs in the MLflow UI.
 
 Each variant and seed is ``dvc exp run --name <campaign>-<table>-<variant>-s<seed> -S <every ablation
 key>=<value> -S seed=<seed> evaluate``: a DVC experiment of the one pipeline (``dvc exp show`` lists
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import hashlib
 import io
 import json
@@ -62,6 +70,8 @@ from reactdiff.config import DEFAULT_PARAMS, load_yaml, parse_params
 
 EXPERIMENT = "reactdiff-ablations"
 REPORT_DIR = Path("reports")
+EXPORT_FILE = REPORT_DIR / "ablations.runs.json.gz"
+"""The campaign behind ``reports/ablations.md``, as MLflow records (``export`` / ``import``)."""
 TARGET_STAGE = "evaluate"
 GIT_TRACKED_DIRS = ("metrics", "plots", "reports")
 DATASETS = {"windows": "training", "features": "evaluation"}
@@ -292,6 +302,84 @@ def record_variant(
             client.log_artifact(run_id, str(png), artifact_path="plots")
     client.set_terminated(run_id)
     return run_id
+
+
+# -- a campaign between stores ------------------------------------------------------------------------
+
+EXPORT_FORMAT = "reactdiff-ablations-campaign/1"
+CURVE_PREFIX = "train.curve."
+IMPORTED_FROM = "reactdiff.imported_from"
+
+
+def export_campaign(client, experiment_id: str, campaign: str) -> dict[str, Any]:
+    """The table and variant runs of ``campaign`` as plain data: name, status, times, tags, params and
+    metrics (the training curve with its history). Not the artifacts nor the dataset inputs: what the
+    report and the resumption need, small enough to commit beside the report."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`reactdiff.campaign` = '{campaign}'", max_results=10_000
+    )
+    if not runs:
+        raise SystemExit(f"no runs of campaign {campaign!r} in MLflow ({tracking.tracking_uri()})")
+    records = []
+    for run in sorted(runs, key=lambda r: (r.data.tags.get("reactdiff.role") != "table", r.info.start_time)):
+        metrics = {k: [[0, v]] for k, v in run.data.metrics.items() if not k.startswith(CURVE_PREFIX)}
+        for key in sorted(k for k in run.data.metrics if k.startswith(CURVE_PREFIX)):
+            history = client.get_metric_history(run.info.run_id, key)
+            metrics[key] = [[m.step, m.value] for m in sorted(history, key=lambda m: m.step)]
+        records.append(
+            {
+                "run_id": run.info.run_id,
+                "name": run.info.run_name,
+                "status": run.info.status,
+                "start_time": run.info.start_time,
+                "end_time": run.info.end_time,
+                "tags": {k: v for k, v in run.data.tags.items() if k != "mlflow.runName"},
+                "params": dict(run.data.params),
+                "metrics": metrics,
+            }
+        )
+    return {"format": EXPORT_FORMAT, "experiment": EXPERIMENT, "campaign": campaign, "runs": records}
+
+
+def import_campaign(client, experiment_id: str, exported: Mapping[str, Any]) -> int:
+    """Recreate an :func:`export_campaign` in this store, parents first; returns the runs created.
+
+    Runs already here (the same run, or one imported from it before) are skipped, so importing twice, or
+    into the store the campaign came from, adds nothing; a campaign then resumes with ``run``.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    if exported.get("format") != EXPORT_FORMAT:
+        raise SystemExit(
+            f"not an ablation campaign export ({EXPORT_FORMAT}): format {exported.get('format')!r}"
+        )
+    here = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`reactdiff.campaign` = '{exported['campaign']}'",
+        max_results=10_000,
+    )
+    ids = {r.data.tags.get(IMPORTED_FROM, r.info.run_id): r.info.run_id for r in here}
+    created = 0
+    for record in exported["runs"]:
+        if record["run_id"] in ids:
+            continue
+        tags = dict(record["tags"])
+        if "mlflow.parentRunId" in tags:
+            tags["mlflow.parentRunId"] = ids.get(tags["mlflow.parentRunId"], tags["mlflow.parentRunId"])
+        tags[IMPORTED_FROM] = record["run_id"]
+        run = client.create_run(
+            experiment_id, start_time=record["start_time"], tags=tags, run_name=record["name"]
+        )
+        run_id = ids[record["run_id"]] = run.info.run_id
+        stamp = record["start_time"] or int(time.time() * 1000)
+        metrics = [Metric(k, v, stamp, step) for k, points in record["metrics"].items() for step, v in points]
+        params = [Param(k, v) for k, v in record["params"].items()]
+        for i in range(0, max(len(metrics), len(params)), 100):  # MLflow caps params at 100 per batch
+            client.log_batch(run_id, metrics=metrics[i : i + 100], params=params[i : i + 100])
+        client.log_batch(run_id, tags=[RunTag(IMPORTED_FROM, record["run_id"])])
+        client.set_terminated(run_id, status=record["status"], end_time=record["end_time"])
+        created += 1
+    return created
 
 
 def _plot_curve(curve_csv: str, out: Path, title: str) -> None:
@@ -576,9 +664,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     report.add_argument("--subset", default="all", choices=["all", "expression", "pose"])
     report.add_argument("--tables", nargs="+", default=["all"])
     report.add_argument("--out", type=Path, default=REPORT_DIR)
+    export = sub.add_parser("export", help="a campaign's runs to a file, to commit or move to another store")
+    export.add_argument("--campaign", help="default: the latest")
+    export.add_argument("--out", type=Path, default=EXPORT_FILE)
+    load = sub.add_parser("import", help="recreate an exported campaign in this store (then run resumes it)")
+    load.add_argument("file", type=Path, nargs="?", default=EXPORT_FILE)
     args = parser.parse_args(argv)
 
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri())  # absolute: DVC temp dirs share it
+    if args.command in ("export", "import"):
+        client = _client()
+        experiment_id = _experiment_id(client)
+        if args.command == "export":
+            exported = export_campaign(
+                client, experiment_id, args.campaign or latest_campaign(client, experiment_id)
+            )
+            with atomic.atomic_path(args.out) as tmp:  # mtime 0: the same runs give the same bytes
+                tmp.write_bytes(gzip.compress(json.dumps(exported, sort_keys=True).encode(), mtime=0))
+            print(f"[ablations] {len(exported['runs'])} runs of {exported['campaign']} -> {args.out}")
+        else:
+            with gzip.open(args.file, "rt", encoding="utf-8") as source:
+                exported = json.load(source)
+            created = import_campaign(client, experiment_id, exported)
+            print(
+                f"[ablations] {exported['campaign']}: {created} runs imported into {tracking.tracking_uri()}"
+            )
+        return
     try:
         tables = select_tables(args.tables)
     except ValueError as err:

@@ -163,7 +163,7 @@ def test_dvc_exp_run_lambda_and_a_sampling_only_change(project):
     assert {"lam-1e-3", "steps-2"} <= tagged
 
 
-def test_ablation_table_runs_as_experiments_and_reports_from_mlflow(project):
+def test_ablation_table_runs_as_experiments_and_reports_from_mlflow(project, tmp_path):
     # Table 5 (SDE vs ODE) with two seeds on the tiny project: four DVC experiments (seed 0 reuses the
     # trained model, seed 1 trains its own once), one MLflow parent run with a child per variant and
     # seed, and the report built from those records with the standard error over the seeds.
@@ -239,3 +239,32 @@ def test_ablation_table_runs_as_experiments_and_reports_from_mlflow(project):
     # Resumable: a second run finds every variant and seed recorded and runs nothing.
     again = _run(args, dest, env)
     assert "0 variant(s) to run or record" in again and "Running stage" not in again
+
+    # The campaign moves to another store through a file: the same records, the same report, and there
+    # too nothing left to run; importing twice adds nothing.
+    _run([sys.executable, "-m", "pipelines.ablations", "export"], dest, env)
+    assert (dest / "reports" / "ablations.runs.json.gz").stat().st_size > 0
+    elsewhere = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'elsewhere.db'}"}
+    imported = _run([sys.executable, "-m", "pipelines.ablations", "import"], dest, elsewhere)
+    assert "5 runs imported" in imported  # the table's parent and its 4 children
+    assert "0 runs imported" in _run([sys.executable, "-m", "pipelines.ablations", "import"], dest, elsewhere)
+    other = mlflow.MlflowClient(tracking_uri=elsewhere["MLFLOW_TRACKING_URI"])
+    moved = other.search_runs([other.get_experiment_by_name("reactdiff-ablations").experiment_id])
+    moved_children = {
+        (r.data.tags["reactdiff.variant"], r.data.tags["reactdiff.seed"]): r
+        for r in moved
+        if r.data.tags.get("reactdiff.role") == "variant"
+    }
+    moved_parent = next(r for r in moved if r.data.tags.get("reactdiff.role") == "table")
+    for key, child in by_key.items():
+        copy = moved_children[key]
+        assert copy.data.metrics == child.data.metrics and copy.data.params == child.data.params
+        assert copy.data.tags["mlflow.parentRunId"] == moved_parent.info.run_id
+        assert [
+            (m.step, m.value) for m in other.get_metric_history(copy.info.run_id, "train.curve.loss")
+        ] == [(m.step, m.value) for m in client.get_metric_history(child.info.run_id, "train.curve.loss")]
+    report_args = ["report", "--tables", "table5", "--out", str(tmp_path)]
+    _run([sys.executable, "-m", "pipelines.ablations", *report_args], dest, elsewhere)
+    assert (tmp_path / "ablations.csv").read_text() == (dest / "reports" / "ablations.csv").read_text()
+    resumed = _run(args, dest, elsewhere)
+    assert "0 variant(s) to run or record" in resumed and "Running stage" not in resumed
