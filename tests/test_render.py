@@ -247,7 +247,7 @@ def test_head_pose_turns_and_moves_the_face(renderer: CartoonRenderer) -> None:
         )
     ).astype(np.int32)
     eye_white = frames.min(-1) > 238
-    background = (np.abs(frames - np.array(render._BACKGROUND)).max(-1) <= 2)[:, : int(0.75 * SIZE)]
+    background = (np.abs(frames - np.array(render.cartoon._BACKGROUND)).max(-1) <= 2)[:, : int(0.75 * SIZE)]
     base = _centroid(eye_white[0])
     # yaw: the eyes slide towards the way the face turns, far more than the head's outline moves
     assert _centroid(eye_white[1])[0] - base[0] > 0.05 * SIZE
@@ -315,7 +315,7 @@ def test_build_renderer_and_plugging_in_another(monkeypatch: pytest.MonkeyPatch,
     assert isinstance(cartoon, FaceRenderer) and cartoon.size == 64
     with pytest.raises(ValueError, match="unknown renderer"):
         build_renderer("pirender")
-    monkeypatch.setitem(render._RENDERERS, "flat", _FlatRenderer)
+    monkeypatch.setitem(render.faces._RENDERERS, "flat", _FlatRenderer)
     assert isinstance(build_renderer("flat", size=32), _FlatRenderer)
     frames = 5
     coeffs = np.tile(neutral_coefficients(), (frames, 1))
