@@ -131,7 +131,7 @@ class TrainParams(_Section):
     val_batches: int = Field(default=4, ge=1)
     rollout_prob: float = Field(default=0.5, ge=0, le=1)
     """Fraction of the rows trained on the previous window as the model samples it, not the real one
-    (reactdiff/training.py, "Rollouts"): the model learns to respond from the past it will have."""
+    (reactdiff/training/__init__.py, "Rollouts"): the model learns to respond from the past it will have."""
     rollout_start: int = Field(default=400, ge=0)
     """Step from which rollouts begin (the EMA model that samples them must first be usable)."""
     rollout_steps: int = Field(default=3, ge=1)

@@ -54,7 +54,10 @@ def imported_files(module: str) -> set[str]:
         if path in seen:
             continue
         seen.add(path)
-        todo += [f for f in map(_module_file, _project_imports(path)) if f is not None]
+        names = _project_imports(path)
+        # Importing a.b.c runs a/__init__.py and a/b/__init__.py first: a stage depends on those too.
+        names |= {".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 1)}
+        todo += [f for f in map(_module_file, names) if f is not None]
     files = {str(p.relative_to(ROOT)) for p in seen}
     return files | {data for code, data in PACKAGE_DATA.items() if code in files}
 

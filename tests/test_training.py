@@ -28,7 +28,6 @@ from reactdiff.samplers import sample
 from reactdiff.training import (
     EMA,
     TrainConfig,
-    _WindowSampler,
     config_fingerprint,
     load_checkpoint,
     load_denoiser,
@@ -38,6 +37,7 @@ from reactdiff.training import (
     train,
     validation_loss,
 )
+from reactdiff.training.data import _WindowSampler
 from reactdiff.windows import WindowDataset, build_split_windows, write_split_windows
 
 A = 4  # audio feature size
@@ -216,7 +216,7 @@ def test_checkpoint_round_trip(tmp_path, data):
         optimizer=opt,
         scaler=torch.amp.GradScaler("cpu", enabled=False),
         step=3,
-        rng=training._rng_state(),
+        rng=training.checkpointing._rng_state(),
         config_fingerprint="abc",
         extra={"note": Path("x"), "values": np.arange(2)},
     )
@@ -342,15 +342,16 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 from reactdiff import training
+from reactdiff.training import loop
 from reactdiff.windows import WindowDataset
 
 out = Path(sys.argv[2])
 saves = []
-original = training.save_checkpoint
+original = loop.save_checkpoint
 def counting(path, **kw):
     saves.append(kw["step"])
     original(path, **kw)
-training.save_checkpoint = counting
+loop.save_checkpoint = counting  # the name the training loop calls
 
 cfg = training.TrainConfig(
     preset="demo", steps=4, batch_size=8, device="cpu", log_every=2, checkpoint_every=0, val_every=4,
