@@ -313,6 +313,131 @@ def _authorised(websocket: Any, token: str | None) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
+async def _send_error(websocket: WebSocket, message: str, code: int = 1008) -> None:
+    await websocket.send_json({"type": "error", "message": message})
+    await websocket.close(code=code)
+
+
+class _Listener:
+    """One connection of ``/listen``: the start message, then each window in and its replies out.
+
+    A reader task takes the client's messages off the socket into a queue of at most
+    ``max_queued_windows``, so that a client sending faster than real time is told so at once; the
+    windows are answered one at a time, in order.
+    """
+
+    def __init__(self, websocket: WebSocket, config: ServeConfig, conversations: Any, window: int, rate: int):
+        self.websocket, self.config, self.conversations = websocket, config, conversations
+        self.window, self.rate, self.hop = window, rate, rate // layout.FPS
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=config.max_queued_windows)
+        self.conversation: Any = None
+        self.painter: WindowPainter | None = None
+        self.reader: asyncio.Task | None = None
+
+    async def run(self) -> None:
+        try:
+            if await self._start():
+                self.reader = asyncio.create_task(self._read())
+                await self._stream()
+        except WebSocketDisconnect:
+            pass
+        except ConversationFailed as err:
+            await _send_error(self.websocket, f"the conversation failed and ended: {err}", code=1011)
+        except ClientNotReading:
+            # The conversation ends here: its slot, its generator and its worker's batch are let go at
+            # once. The connection itself closes once uvicorn's keep-alive pings go unanswered.
+            pass
+        finally:
+            if self.reader is not None:
+                self.reader.cancel()
+            if self.conversation is not None:
+                self.conversation.close()
+
+    async def _start(self) -> bool:
+        try:
+            message = json.loads(await self.websocket.receive_text())
+            if not isinstance(message, dict) or message.get("type") != "start":
+                raise ValueError('the first message must be {"type": "start", ...}')
+            options = _start_options(message, self.config, self.window)
+        except (ValueError, json.JSONDecodeError) as err:
+            await _send_error(self.websocket, f"bad start message: {err}")
+            return False
+        self.conversation = await self.conversations.open(options)
+        if options["render"] is not None:
+            self.painter = WindowPainter(options["samples"], *options["render"])
+        await self.websocket.send_json(
+            {"type": "ready", "window": self.window, "fps": layout.FPS, "audio_rate": self.rate,
+             "coefficients": reference.coefficient_names(), "samples": options["samples"]}
+        )  # fmt: skip
+        return True
+
+    async def _read(self) -> None:
+        limit, queued = self.config.max_message_bytes, self.config.max_queued_windows
+        while True:
+            text = await self.websocket.receive_text()
+            if len(text) > limit:
+                raise OverflowError(f"a message of {len(text)} bytes (the limit is {limit})")
+            try:
+                self.queue.put_nowait(text)
+            except asyncio.QueueFull:
+                raise OverflowError(
+                    f"more than {queued} windows waiting: send at most real time "
+                    f"(one window every {self.window / layout.FPS:.2f} s)"
+                ) from None
+
+    async def _send(self, reply: dict) -> None:
+        try:
+            await asyncio.wait_for(self.websocket.send_json(reply), self.config.send_timeout_s)
+        except TimeoutError:
+            raise ClientNotReading from None
+
+    async def _stream(self) -> None:
+        assert self.reader is not None
+        while True:
+            getter = asyncio.create_task(self.queue.get())
+            done, _ = await asyncio.wait({getter, self.reader}, return_when=asyncio.FIRST_COMPLETED)
+            if self.reader in done:
+                getter.cancel()
+                err = self.reader.exception()
+                if isinstance(err, OverflowError):
+                    await _send_error(self.websocket, str(err), code=1009)
+                return  # disconnected (or read error): the conversation ends
+            text = getter.result()
+            try:
+                message = json.loads(text)
+                if not isinstance(message, dict) or message.get("type") != "window":
+                    raise json.JSONDecodeError('expected {"type": "window", ...}', text[:40], 0)
+            except json.JSONDecodeError as err:
+                await _send_error(self.websocket, f"bad message: {err.msg}")
+                return
+            await self._answer(message)
+
+    async def _answer(self, message: dict) -> None:
+        """The reactions to one window (and its pictures when asked for), or why it was rejected."""
+        started, w = time.perf_counter(), self.window
+        try:
+            face = _floats(message.get("face"), "face", w * layout.N_COEFFS).reshape(w, layout.N_COEFFS)
+            audio = _floats(message.get("audio"), "audio", w * self.hop)
+            reactions = await self.conversation.step(face, audio)
+        except (ValueError, RejectedInput, NonFiniteOutput) as err:
+            await self._send({"type": "rejected", "message": str(err)})
+            return
+        frame = self.conversation.frame
+        await self._send(
+            {
+                "type": "reactions",
+                "frame": frame - 1,
+                "shape": list(reactions.shape),
+                "reactions": _encode(reactions),
+                "latency_ms": round(1000 * (time.perf_counter() - started), 1),
+            }
+        )
+        if self.painter is not None:
+            images = await run_in_threadpool(self.painter.paint, face, reactions)
+            frames = list(range(frame - w + self.painter.every - 1, frame, self.painter.every))
+            await self._send({"type": "frames", "frames": frames, "images": images})
+
+
 def create_app(
     denoiser: Any,
     stats: NormStats,
@@ -333,8 +458,6 @@ def create_app(
         conversations = LocalConversations(denoiser, stats, encoder, device, workers)
     config_of = getattr(denoiser, "config", None)
     window = int(config_of.frames) if config_of is not None else 16
-    hop = encoder.sample_rate // layout.FPS
-    names = reference.coefficient_names()
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -369,10 +492,6 @@ def create_app(
             authorise(request)
             return session
 
-    async def send_error(websocket: WebSocket, message: str, code: int = 1008) -> None:
-        await websocket.send_json({"type": "error", "message": message})
-        await websocket.close(code=code)
-
     @app.websocket("/listen")
     async def listen(websocket: WebSocket) -> None:
         if not _authorised(websocket, config.token):
@@ -383,102 +502,10 @@ def create_app(
             return
         await websocket.accept()
         app.state.connections += 1
-        conversation = None
-        queue: asyncio.Queue = asyncio.Queue(maxsize=config.max_queued_windows)
         try:
-            try:
-                message = json.loads(await websocket.receive_text())
-                if not isinstance(message, dict) or message.get("type") != "start":
-                    raise ValueError('the first message must be {"type": "start", ...}')
-                options = _start_options(message, config, window)
-            except (ValueError, json.JSONDecodeError) as err:
-                await send_error(websocket, f"bad start message: {err}")
-                return
-            conversation = await conversations.open(options)
-            painter = None
-            if options["render"] is not None:
-                painter = WindowPainter(options["samples"], *options["render"])
-            await websocket.send_json(
-                {"type": "ready", "window": window, "fps": layout.FPS, "audio_rate": encoder.sample_rate,
-                 "coefficients": names, "samples": options["samples"]}
-            )  # fmt: skip
-
-            async def read() -> None:
-                while True:
-                    text = await websocket.receive_text()
-                    if len(text) > config.max_message_bytes:
-                        raise OverflowError(
-                            f"a message of {len(text)} bytes (the limit is {config.max_message_bytes})"
-                        )
-                    try:
-                        queue.put_nowait(text)
-                    except asyncio.QueueFull:
-                        raise OverflowError(
-                            f"more than {config.max_queued_windows} windows waiting: send at most real time "
-                            f"(one window every {window / layout.FPS:.2f} s)"
-                        ) from None
-
-            async def send(reply: dict) -> None:
-                try:
-                    await asyncio.wait_for(websocket.send_json(reply), config.send_timeout_s)
-                except TimeoutError:
-                    raise ClientNotReading from None
-
-            reader = asyncio.create_task(read())
-            while True:
-                getter = asyncio.create_task(queue.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if reader in done:
-                    getter.cancel()
-                    err = reader.exception()
-                    if isinstance(err, OverflowError):
-                        await send_error(websocket, str(err), code=1009)
-                    return  # disconnected (or read error): the conversation ends
-                text = getter.result()
-                try:
-                    message = json.loads(text)
-                    if not isinstance(message, dict) or message.get("type") != "window":
-                        raise json.JSONDecodeError('expected {"type": "window", ...}', text[:40], 0)
-                except json.JSONDecodeError as err:
-                    reader.cancel()
-                    await send_error(websocket, f"bad message: {err.msg}")
-                    return
-                started = time.perf_counter()
-                try:
-                    face = _floats(message.get("face"), "face", window * layout.N_COEFFS)
-                    audio = _floats(message.get("audio"), "audio", window * hop)
-                    reactions = await conversation.step(face.reshape(window, layout.N_COEFFS), audio)
-                except (ValueError, RejectedInput, NonFiniteOutput) as err:
-                    await send({"type": "rejected", "message": str(err)})
-                    continue
-                await send(
-                    {
-                        "type": "reactions",
-                        "frame": conversation.frame - 1,
-                        "shape": list(reactions.shape),
-                        "reactions": _encode(reactions),
-                        "latency_ms": round(1000 * (time.perf_counter() - started), 1),
-                    }
-                )
-                if painter is not None:
-                    first = conversation.frame - window
-                    images = await run_in_threadpool(
-                        painter.paint, face.reshape(window, layout.N_COEFFS), reactions
-                    )
-                    frames = list(range(first + painter.every - 1, conversation.frame, painter.every))
-                    await send({"type": "frames", "frames": frames, "images": images})
-        except WebSocketDisconnect:
-            return
-        except ConversationFailed as err:
-            await send_error(websocket, f"the conversation failed and ended: {err}", code=1011)
-        except ClientNotReading:
-            # The conversation ends here: its slot, its generator and its worker's batch are let go at
-            # once. The connection itself closes once uvicorn's keep-alive pings go unanswered.
-            reader.cancel()
+            await _Listener(websocket, config, conversations, window, encoder.sample_rate).run()
         finally:
             app.state.connections -= 1
-            if conversation is not None:
-                conversation.close()
 
     return app
 
