@@ -223,199 +223,233 @@ def train(
         torch.cuda.set_device(device)
 
     with ddp_context(device) as info:
+        run = _Trainer(cfg, train_data, val_data, checkpoint_path, info, device, log, data_id, extra, resume)
+        run.run()
+        return TrainResult(
+            history=run.history,
+            val=run.val,
+            final_step=cfg.steps,
+            parameters=count_parameters(run.denoiser),
+            checkpoint=checkpoint_path,
+            seconds=time.perf_counter() - started,
+            resumed_from=run.start_step,
+            fingerprint=run.fingerprint,
+            device=str(device),
+            world_size=info.world_size,
+            model=run.denoiser,
+            ema=run.ema,
+        )
+
+
+class _Trainer:
+    """One run of :func:`train`: the network, its EMA and optimizer, the data streams and the records."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        train_data: WindowSource,
+        val_data: WindowSource | None,
+        checkpoint_path: Path,
+        info: DistInfo,
+        device: torch.device,
+        log: Callable[[dict[str, float], int], None] | None,
+        data_id: str | None,
+        extra: dict[str, Any] | None,
+        resume: bool,
+    ) -> None:
+        self.cfg, self.train_data, self.val_data, self.log = cfg, train_data, val_data, log
+        self.checkpoint_path, self.info, self.device = checkpoint_path, info, device
         if cfg.batch_size < info.world_size:
             raise ValueError(f"batch_size {cfg.batch_size} is smaller than the world size {info.world_size}")
-        per_rank = cfg.batch_size // info.world_size
-        global_batch = per_rank * info.world_size
-        if global_batch != cfg.batch_size:
+        self.global_batch = (cfg.batch_size // info.world_size) * info.world_size
+        if self.global_batch != cfg.batch_size:
             _say(
                 info,
                 f"batch_size {cfg.batch_size} is not divisible by {info.world_size} ranks; "
-                f"using {global_batch}",
+                f"using {self.global_batch}",
             )
 
         audio_dim, w = int(train_data.audio_dim), int(train_data.w)
         if data_id is None:
             data_id = f"windows={len(train_data)};w={w};audio_dim={audio_dim}"
-        fingerprint = config_fingerprint(cfg, audio_dim, data_id)
+        self.fingerprint = config_fingerprint(cfg, audio_dim, data_id)
 
         # Seed everything before building the model so that its initialisation is reproducible.
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         prior = fit_prior(train_data) if cfg.preconditioning == "wiener" else None
-        denoiser = build_denoiser(cfg.preset, audio_dim, prior=prior, frames=w, **cfg.model_overrides).to(
-            device
+        self.denoiser = build_denoiser(
+            cfg.preset, audio_dim, prior=prior, frames=w, **cfg.model_overrides
+        ).to(device)
+        self.ema = EMA(self.denoiser, cfg.ema_decay, cfg.ema_warmup)
+        self.optimizer = torch.optim.AdamW(
+            self.denoiser.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
-        ema = EMA(denoiser, cfg.ema_decay, cfg.ema_warmup)
-        optimizer = torch.optim.AdamW(
-            denoiser.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
-        )
-        autocast, fp16 = _autocast(device, cfg)
-        scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-        model_args = _model_args(cfg, audio_dim, denoiser)
+        self.autocast, fp16 = _autocast(device, cfg)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+        self.model_args = _model_args(cfg, audio_dim, self.denoiser)
+        self.start_step, self.fresh = self._resume(resume, fp16)
 
-        start_step = 0
-        ckpt = _resume_state(checkpoint_path, fingerprint, cfg.steps, resume, info)
-        fresh = ckpt is None
-        if ckpt is not None:
-            denoiser.load_state_dict(ckpt["model"])
-            ema.load_state_dict(ckpt["ema"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if fp16 and ckpt["scaler"]:
-                scaler.load_state_dict(ckpt["scaler"])
-            _restore_rng_state(ckpt["rng"])
-            start_step = int(ckpt["step"])
-            _say(info, f"resuming {checkpoint_path} at step {start_step}")
-            del ckpt  # free the host copy of the weights before training
-
-        model: nn.Module = denoiser
+        self.model: nn.Module = self.denoiser
         if info.distributed:
-            model = DistributedDataParallel(
-                denoiser, device_ids=[device.index] if device.type == "cuda" else None
+            self.model = DistributedDataParallel(
+                self.denoiser, device_ids=[device.index] if device.type == "cuda" else None
             )
-
-        parameters = count_parameters(denoiser)
-        sampler = _WindowSampler(len(train_data), global_batch, cfg.seed)
-        noise_gen = torch.Generator()  # CPU: training_loss draws on CPU, so runs agree across devices
-        rollout_gen = torch.Generator()
-        fetch = lambda s: train_data.batch(sampler.indices(s, info.rank, info.world_size))  # noqa: E731
-        prefetch = _Prefetcher(fetch, enabled=device.type != "cpu")
-        params = [p for p in denoiser.parameters() if p.requires_grad]
-        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        base_extra = {
+        self.sampler = _WindowSampler(len(train_data), self.global_batch, cfg.seed)
+        self.noise_gen = torch.Generator()  # CPU: training_loss draws on CPU, so runs agree across devices
+        self.rollout_gen = torch.Generator()
+        self.params = [p for p in self.denoiser.parameters() if p.requires_grad]
+        self.max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        self.extra = {
             "train_config": _plain(cfg),
             "data_id": data_id,
             "world_size": info.world_size,
             "device": str(device),
             **(extra or {}),
         }
+        self.history: list[dict[str, float]] = []
+        self.val: list[dict[str, float]] = []
+        self.acc = _accumulator_dtype(device)
+        self.sums = torch.zeros(5, dtype=self.acc, device=device)  # loss, dm, fbk, fac, grad norm
+        self.interval_steps, self.interval_start = 0, time.perf_counter()
 
-        def checkpoint(step: int) -> None:
-            if info.is_main:
-                save_checkpoint(
-                    checkpoint_path,
-                    model_args=model_args,
-                    model=denoiser,
-                    ema=ema,
-                    optimizer=optimizer,
-                    scaler=scaler,
-                    step=step,
-                    rng=_rng_state(),
-                    config_fingerprint=fingerprint,
-                    extra=base_extra,
-                )
-            _barrier(info, device)
+    def _resume(self, resume: bool, fp16: bool) -> tuple[int, bool]:
+        """The step to start from, and whether the run is fresh (no checkpoint to resume)."""
+        ckpt = _resume_state(self.checkpoint_path, self.fingerprint, self.cfg.steps, resume, self.info)
+        if ckpt is None:
+            return 0, True
+        self.denoiser.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if fp16 and ckpt["scaler"]:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        _restore_rng_state(ckpt["rng"])
+        step = int(ckpt["step"])
+        _say(self.info, f"resuming {self.checkpoint_path} at step {step}")
+        return step, False
 
-        def validate(step: int) -> None:
-            if val_data is None or cfg.val_every <= 0 or cfg.val_batches <= 0 or len(val_data) == 0:
-                return
-            metrics = validation_loss(
-                ema.shadow,
-                val_data,
-                cfg.loss,
-                batch_size=global_batch,
-                batches=cfg.val_batches,
-                seed=cfg.seed,
-                device=device,
-                autocast=autocast,
-                info=info,
-            )
-            val.append({"step": step, **metrics})
-            if info.is_main:
-                _say(info, f"step {step} val_loss {metrics['val_loss']:.4f} (dm {metrics['val_dm']:.4f})")
-                if log is not None:
-                    log(metrics, step)
-
-        history: list[dict[str, float]] = []
-        val: list[dict[str, float]] = []
-        acc = _accumulator_dtype(device)
-        sums = torch.zeros(5, dtype=acc, device=device)  # loss, dm, fbk, fac, grad norm
-        interval_steps, interval_start = 0, time.perf_counter()
-        if start_step < cfg.steps:
+    def run(self) -> None:
+        cfg, info = self.cfg, self.info
+        if self.start_step < cfg.steps:
             _say(
                 info,
-                f"{parameters / 1e6:.2f}M parameters, {cfg.preset} preset on {device} x{info.world_size}, "
-                f"batch {global_batch}, steps {start_step}..{cfg.steps}",
+                f"{count_parameters(self.denoiser) / 1e6:.2f}M parameters, {cfg.preset} preset on "
+                f"{self.device} x{info.world_size}, batch {self.global_batch}, "
+                f"steps {self.start_step}..{cfg.steps}",
             )
-        model.train()
+        fetch = lambda s: self.train_data.batch(self.sampler.indices(s, info.rank, info.world_size))  # noqa: E731
+        prefetch = _Prefetcher(fetch, enabled=self.device.type != "cpu")
+        self.model.train()
         try:
-            for step in range(start_step, cfg.steps):
-                x0, cond = to_model_inputs(prefetch.get(step, cfg.steps), device)
-                noise_gen.manual_seed(_seed_for(cfg.seed, _NOISE, info.rank, step))
-                torch.manual_seed(_seed_for(cfg.seed, _DROPOUT, info.rank, step))
-                if cfg.rollout_prob > 0 and step >= cfg.rollout_start:
-                    rollout_gen.manual_seed(_seed_for(cfg.seed, _ROLLOUT, info.rank, step))
-                    indices = sampler.indices(step, info.rank, info.world_size)
-                    x0, cond = rollout_past(ema.shadow, train_data, indices, x0, cond, cfg, rollout_gen)
-                with autocast:
-                    terms = training_loss(model, x0, cond, cfg.loss, noise_gen)
-                scaler.scale(terms["loss"]).backward()
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                ema.update(denoiser, step)
-
+            for step in range(self.start_step, cfg.steps):
+                self._optimise(step, prefetch.get(step, cfg.steps))
                 done = step + 1
-                sums += torch.stack(
-                    [terms[k].detach().to(acc) for k in ("loss", "dm", "fbk", "fac")] + [grad_norm.to(acc)]
-                )
-                interval_steps += 1
                 if (cfg.log_every > 0 and done % cfg.log_every == 0) or done == cfg.steps:
-                    if info.distributed:
-                        dist.all_reduce(sums)
-                        sums /= info.world_size
-                    means = (sums / interval_steps).tolist()  # .tolist() waits for the device
-                    elapsed = time.perf_counter() - interval_start
-                    record = {
-                        "step": done,
-                        "loss": means[0],
-                        "dm": means[1],
-                        "fbk": means[2],
-                        "fac": means[3],
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "grad_norm": means[4],
-                        "windows_per_s": interval_steps * global_batch / max(elapsed, 1e-9),
-                    }
-                    if not math.isfinite(record["loss"]):
-                        raise FloatingPointError(f"training loss is {record['loss']} at step {done}")
-                    history.append(record)
-                    if info.is_main:
-                        _say(
-                            info,
-                            f"step {done}/{cfg.steps} loss {record['loss']:.4f} (dm {record['dm']:.4f} "
-                            f"fbk {record['fbk']:.4f} fac {record['fac']:.4f}) "
-                            f"grad {record['grad_norm']:.3f} "
-                            f"{record['windows_per_s']:.0f} windows/s",
-                        )
-                        if log is not None:
-                            log({k: v for k, v in record.items() if k != "step"}, done)
-                    sums.zero_()
-                    interval_steps, interval_start = 0, time.perf_counter()
+                    self._report(done)
                 if cfg.val_every > 0 and (done % cfg.val_every == 0 or done == cfg.steps):
-                    validate(done)
+                    self._validate(done)
                 if done == cfg.steps or (cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0):
-                    checkpoint(done)
+                    self._checkpoint(done)
         finally:
             prefetch.close()
+        if self.fresh and cfg.steps == 0:
+            self._checkpoint(0)  # a zero-step run still leaves a loadable (untrained) model behind
+        elif self.start_step == cfg.steps:
+            _say(info, f"{self.checkpoint_path} is already at step {self.start_step}; nothing to train")
 
-        if fresh and cfg.steps == 0:
-            checkpoint(0)  # a zero-step run still leaves a loadable (untrained) model behind
-        elif start_step == cfg.steps:
-            _say(info, f"{checkpoint_path} is already at step {start_step}; nothing to train")
-        return TrainResult(
-            history=history,
-            val=val,
-            final_step=cfg.steps,
-            parameters=parameters,
-            checkpoint=checkpoint_path,
-            seconds=time.perf_counter() - started,
-            resumed_from=start_step,
-            fingerprint=fingerprint,
-            device=str(device),
-            world_size=info.world_size,
-            model=denoiser,
-            ema=ema,
+    def _optimise(self, step: int, batch: Any) -> None:
+        """One step of AdamW on eq. 10, its streams keyed by the step (module docstring)."""
+        cfg, info = self.cfg, self.info
+        x0, cond = to_model_inputs(batch, self.device)
+        self.noise_gen.manual_seed(_seed_for(cfg.seed, _NOISE, info.rank, step))
+        torch.manual_seed(_seed_for(cfg.seed, _DROPOUT, info.rank, step))
+        if cfg.rollout_prob > 0 and step >= cfg.rollout_start:
+            self.rollout_gen.manual_seed(_seed_for(cfg.seed, _ROLLOUT, info.rank, step))
+            indices = self.sampler.indices(step, info.rank, info.world_size)
+            x0, cond = rollout_past(
+                self.ema.shadow, self.train_data, indices, x0, cond, cfg, self.rollout_gen
+            )
+        with self.autocast:
+            terms = training_loss(self.model, x0, cond, cfg.loss, self.noise_gen)
+        self.scaler.scale(terms["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.denoiser, step)
+        self.sums += torch.stack(
+            [terms[k].detach().to(self.acc) for k in ("loss", "dm", "fbk", "fac")] + [grad_norm.to(self.acc)]
         )
+        self.interval_steps += 1
+
+    def _report(self, done: int) -> None:
+        """The averages since the last report: recorded, printed and logged (rank 0)."""
+        if self.info.distributed:
+            dist.all_reduce(self.sums)
+            self.sums /= self.info.world_size
+        means = (self.sums / self.interval_steps).tolist()  # .tolist() waits for the device
+        elapsed = time.perf_counter() - self.interval_start
+        record = {
+            "step": done,
+            "loss": means[0],
+            "dm": means[1],
+            "fbk": means[2],
+            "fac": means[3],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": means[4],
+            "windows_per_s": self.interval_steps * self.global_batch / max(elapsed, 1e-9),
+        }
+        if not math.isfinite(record["loss"]):
+            raise FloatingPointError(f"training loss is {record['loss']} at step {done}")
+        self.history.append(record)
+        if self.info.is_main:
+            _say(
+                self.info,
+                f"step {done}/{self.cfg.steps} loss {record['loss']:.4f} (dm {record['dm']:.4f} "
+                f"fbk {record['fbk']:.4f} fac {record['fac']:.4f}) "
+                f"grad {record['grad_norm']:.3f} "
+                f"{record['windows_per_s']:.0f} windows/s",
+            )
+            if self.log is not None:
+                self.log({k: v for k, v in record.items() if k != "step"}, done)
+        self.sums.zero_()
+        self.interval_steps, self.interval_start = 0, time.perf_counter()
+
+    def _validate(self, step: int) -> None:
+        cfg, val_data = self.cfg, self.val_data
+        if val_data is None or cfg.val_every <= 0 or cfg.val_batches <= 0 or len(val_data) == 0:
+            return
+        metrics = validation_loss(
+            self.ema.shadow,
+            val_data,
+            cfg.loss,
+            batch_size=self.global_batch,
+            batches=cfg.val_batches,
+            seed=cfg.seed,
+            device=self.device,
+            autocast=self.autocast,
+            info=self.info,
+        )
+        self.val.append({"step": step, **metrics})
+        if self.info.is_main:
+            _say(self.info, f"step {step} val_loss {metrics['val_loss']:.4f} (dm {metrics['val_dm']:.4f})")
+            if self.log is not None:
+                self.log(metrics, step)
+
+    def _checkpoint(self, step: int) -> None:
+        if self.info.is_main:
+            save_checkpoint(
+                self.checkpoint_path,
+                model_args=self.model_args,
+                model=self.denoiser,
+                ema=self.ema,
+                optimizer=self.optimizer,
+                scaler=self.scaler,
+                step=step,
+                rng=_rng_state(),
+                config_fingerprint=self.fingerprint,
+                extra=self.extra,
+            )
+        _barrier(self.info, self.device)
