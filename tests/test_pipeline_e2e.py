@@ -268,3 +268,31 @@ def test_ablation_table_runs_as_experiments_and_reports_from_mlflow(project, tmp
     assert (tmp_path / "ablations.csv").read_text() == (dest / "reports" / "ablations.csv").read_text()
     resumed = _run(args, dest, elsewhere)
     assert "0 variant(s) to run or record" in resumed and "Running stage" not in resumed
+
+
+def test_outputs_travel_through_a_dvc_remote(project, tmp_path):
+    """What a lab does between machines: push the pipeline's outputs, pull them into an empty cache."""
+    dest, env = project
+    dvc = [sys.executable, "-m", "dvc"]
+    outputs = ["features", "windows", "models", "samples"]
+    before = {
+        str(p.relative_to(dest)): p.read_bytes()
+        for out in outputs
+        for p in (dest / out).rglob("*")
+        if p.is_file()
+    }
+    assert any(name.startswith("models/") for name in before)
+    _run([*dvc, "remote", "add", "--local", "-d", "lab", str(tmp_path / "remote")], dest, env)
+    pushed = _run([*dvc, "push", "dvc.yaml"], dest, env)
+    assert "pushed" in pushed
+    for out in [*outputs, ".dvc/cache"]:
+        shutil.rmtree(dest / out)
+    _run([*dvc, "pull", "dvc.yaml"], dest, env)
+    after = {
+        str(p.relative_to(dest)): p.read_bytes()
+        for out in outputs
+        for p in (dest / out).rglob("*")
+        if p.is_file()
+    }
+    assert after == before  # byte for byte, from the remote alone
+    assert "changed outs" not in _run([*dvc, "status", "dvc.yaml"], dest, env)
