@@ -296,3 +296,97 @@ def test_outputs_travel_through_a_dvc_remote(project, tmp_path):
     }
     assert after == before  # byte for byte, from the remote alone
     assert "changed outs" not in _run([*dvc, "status", "dvc.yaml"], dest, env)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return found[-1].parent if found else None
+
+
+@pytest.mark.skipif(_postgres_bin() is None, reason="needs Debian's postgresql (.ci/run installs it)")
+def test_stages_log_to_a_shared_tracking_server_on_postgresql(project, tmp_path):
+    """A lab's setup: an MLflow tracking server on PostgreSQL with its own artifact store, over HTTP."""
+    import signal
+    import time
+
+    import httpx
+    import mlflow
+
+    dest, env = project
+    bin_dir = _postgres_bin()
+    import tempfile
+
+    cluster = Path(tempfile.mkdtemp(prefix="reactdiff-pg-"))  # outside pytest's root-only folders
+    data, socket_dir = cluster / "data", cluster / "socket"
+    data.mkdir()
+    socket_dir.mkdir()
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: its own user runs the throwaway cluster
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+        os.chmod(cluster, 0o755)
+        for folder in (data, socket_dir):
+            shutil.chown(folder, "postgres")
+    pg_port, port = _free_port(), _free_port()
+    initdb = [*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust"]
+    _run(initdb, cluster, env)
+    pg_ctl = [*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-w"]
+    options = f"-p {pg_port} -k {socket_dir} -c listen_addresses=127.0.0.1"
+    _run([*pg_ctl, "-o", options, "-l", str(data / "server.log"), "start"], cluster, env)
+    server = None
+    try:
+        _run(
+            [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "mlflow", "mlflow"],
+            tmp_path,
+            env,
+        )
+        store = f"postgresql+psycopg2://mlflow@127.0.0.1:{pg_port}/mlflow"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
+             "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1"],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{uri}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "the tracking server did not start"
+            time.sleep(1)
+
+        remote = {**env, "MLFLOW_TRACKING_URI": uri}
+        for stage in ("train", "sample", "evaluate"):
+            _run([sys.executable, "-m", f"pipelines.{stage}"], dest, remote)
+
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        runs = client.search_runs([client.get_experiment_by_name("reactdiff").experiment_id])
+        train = next(r for r in runs if r.info.run_name.startswith("train"))
+        sample = next(r for r in runs if r.info.run_name.startswith("sample"))
+        params = yaml.safe_load((dest / "params.yaml").read_text())
+        assert train.data.params["train.steps"] == str(params["train"]["steps"])
+        assert "train.loss" in train.data.metrics or "loss" in train.data.metrics
+        assert sample.data.tags["mlflow.parentRunId"] == train.info.run_id  # nested under its model
+        assert "all.FRCorr" in sample.data.metrics  # evaluate logged into the sampling run
+        model = Path(client.download_artifacts(train.info.run_id, "model/reactdiff.pt", str(tmp_path)))
+        assert model.read_bytes() == (dest / "models" / "reactdiff.pt").read_bytes()
+        assert list((tmp_path / "artifacts").rglob("reactdiff.pt"))  # the server's artifact store has it
+    finally:
+        try:
+            if server is not None and server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)  # the server and its workers, by PID
+                server.wait(timeout=30)
+        finally:
+            _run([*pg_ctl, "stop", "-m", "fast"], cluster, env)  # whatever happened above
+            shutil.rmtree(cluster)
