@@ -182,7 +182,7 @@ def extract_features(root: Path, splits: list[str], cfg: FeaturesConfig, out: Pa
     report in ``out`` then says which files to fix.
     """
     read_splits(root, splits)
-    runner = make_task_runner(cfg.runner, cfg.workers)
+    runner = make_task_runner(cfg.runner, cfg.workers, cfg.dask_address)
     with atomic.atomic_dir(out) as tmp:
         report = features_flow.with_options(task_runner=runner)(root, splits, cfg, tmp)
     if report["empty_splits"]:
@@ -208,4 +208,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, "features")
+    # Run the module under its import name, not as __main__: a Dask worker (another process, another
+    # __main__) finds the tasks and their cached helpers by that name when it unpickles them.
+    from pipelines import features as stage
+
+    run_stage(stage.main, "features")

@@ -28,9 +28,10 @@ def worker_count(requested: int) -> int:
         return max(os.cpu_count() or 1, 1)
 
 
-def make_task_runner(kind: str, workers: int) -> TaskRunner:
-    """``thread`` (default; numpy, scipy and torch release the GIL), ``process``, or ``dask`` (a local
-    cluster here; point ``PREFECT_DASK_ADDRESS`` at a scheduler to run on a real cluster)."""
+def make_task_runner(kind: str, workers: int, dask_address: str | None = None) -> TaskRunner:
+    """``thread`` (default; numpy, scipy and torch release the GIL), ``process``, or ``dask``: on the
+    scheduler at ``dask_address`` (or ``PREFECT_DASK_ADDRESS``), else on a local cluster started here.
+    A cluster's workers must see the project's folder at the same path (they read and write its files)."""
     n = worker_count(workers)
     if kind == "thread":
         return ThreadPoolTaskRunner(max_workers=n)
@@ -43,7 +44,7 @@ def make_task_runner(kind: str, workers: int) -> TaskRunner:
             raise SystemExit(
                 "runner 'dask' needs the optional dependencies: pip install -c constraints.txt -e '.[dask]'"
             ) from None
-        address = os.environ.get("PREFECT_DASK_ADDRESS")
+        address = dask_address or os.environ.get("PREFECT_DASK_ADDRESS")
         if address:
             return DaskTaskRunner(address=address)
         return DaskTaskRunner(

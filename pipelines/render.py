@@ -86,7 +86,7 @@ def main() -> None:
     with atomic.atomic_dir(VIDEOS) as videos, atomic.atomic_dir(PLOTS) as plots:
         if jobs:
             workers = min(worker_count(cfg.workers), len(jobs))
-            runner = make_task_runner(cfg.runner, workers)
+            runner = make_task_runner(cfg.runner, workers, cfg.dask_address)
             written = render_flow.with_options(task_runner=runner)(jobs, cfg, str(videos), str(plots))
     table = pd.read_csv(REPORT)
     table = table[table["subset"] == "all"].set_index("variant")
@@ -115,4 +115,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, "render")
+    # Run the module under its import name, not as __main__: a Dask worker (another process, another
+    # __main__) finds the tasks and their cached helpers by that name when it unpickles them.
+    from pipelines import render as stage
+
+    run_stage(stage.main, "render")

@@ -119,11 +119,14 @@ def session_groups(examples: list[dict], per_group: int) -> list[list[dict]]:
 
 
 @task(name="sample-sessions", cache_policy=NONE)
-def sample_group(index: int, examples: list[dict], params: Params, scratch: str) -> dict:
+def sample_group(index: int, examples: list[dict], params: Params, scratch: str, threads: int) -> dict:
     target = Path(scratch) / f"group-{index:05d}.parquet"
     sessions = sorted({e["session"] for e in examples})
     if target.exists():  # finished by an earlier, interrupted run of the same fingerprint
         return {"sessions": sessions, "windows": 0, "seconds": 0.0, "resumed": True}
+    # The task's own share of the cores, wherever it runs (a thread here, a Dask worker elsewhere): the
+    # same thread count gives the same float reductions, so every runner writes the same reactions.
+    torch.set_num_threads(threads)
     cfg, w = params.sample, params.windows.size
     stats = NormStats.load(FEATURES / STATS_FILE)
     clips = _frames(cfg.split)
@@ -168,8 +171,8 @@ def sample_group(index: int, examples: list[dict], params: Params, scratch: str)
 
 
 @flow(name="sample", log_prints=True)
-def sample_flow(params: Params, groups: list[list[dict]], scratch: Path) -> list[dict]:
-    futures = [sample_group.submit(i, group, params, str(scratch)) for i, group in enumerate(groups)]
+def sample_flow(params: Params, groups: list[list[dict]], scratch: Path, threads: int) -> list[dict]:
+    futures = [sample_group.submit(i, group, params, str(scratch), threads) for i, group in enumerate(groups)]
     return gather(futures, desc=f"sample {params.sample.split}")
 
 
@@ -186,8 +189,8 @@ def main() -> None:
     select_device(cfg.device)
     groups = session_groups(usable_examples(cfg.split), cfg.batch_examples)
     workers = min(worker_count(cfg.workers), len(groups))
-    # Groups run in parallel threads; give each its share of the cores instead of oversubscribing.
-    torch.set_num_threads(max(1, worker_count(0) // workers))
+    # Groups run in parallel; each gets its share of the cores instead of oversubscribing.
+    threads = max(1, worker_count(0) // workers)
     scratch = SCRATCH / f"sample-{fingerprint(params)}"
     scratch.mkdir(parents=True, exist_ok=True)
     print(
@@ -196,9 +199,8 @@ def main() -> None:
         f"groups of <= {cfg.batch_examples} examples, {workers} {cfg.runner} workers; resuming from "
         f"{scratch} if present"
     )
-    results = sample_flow.with_options(task_runner=make_task_runner(cfg.runner, workers))(
-        params, groups, scratch
-    )
+    runner = make_task_runner(cfg.runner, workers, cfg.dask_address)
+    results = sample_flow.with_options(task_runner=runner)(params, groups, scratch, threads)
     parts = sorted(scratch.glob("*.parquet"))
     table = pa.concat_tables([pq.read_table(p) for p in parts])
     generated = [r for r in results if not r["resumed"]]
@@ -242,4 +244,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, "sample")
+    # Run the module under its import name, not as __main__: a Dask worker (another process, another
+    # __main__) finds the tasks and their cached helpers by that name when it unpickles them.
+    from pipelines import sample as stage
+
+    run_stage(stage.main, "sample")

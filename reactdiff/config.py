@@ -70,6 +70,9 @@ class FeaturesConfig(_Section):
     runner: Literal["thread", "process", "dask"] = "thread"
     workers: int = Field(default=0, ge=0)
     """Parallel session jobs; 0 means one per CPU core."""
+    dask_address: str | None = None
+    """With ``runner: dask``: a running scheduler (``tcp://host:8786``) to run the tasks on; ``None`` starts
+    a local cluster."""
     frame_tolerance: int = Field(default=2, ge=0)
     max_frames: int = Field(default=750, ge=1)
 
@@ -168,6 +171,9 @@ class SampleParams(_Section):
     device: Device = "auto"
     runner: Literal["thread", "process", "dask"] = "thread"
     workers: int = Field(default=0, ge=0)
+    dask_address: str | None = None
+    """With ``runner: dask``: a running scheduler (``tcp://host:8786``) to run the tasks on; ``None`` starts
+    a local cluster."""
 
     @field_validator("guidance_interval")
     @classmethod
@@ -189,6 +195,9 @@ class RenderParams(_Section):
     """One task per video; drawing holds the GIL, so processes (not threads) use the cores."""
     workers: int = Field(default=0, ge=0)
     """Videos rendered at once; 0 means one per CPU core."""
+    dask_address: str | None = None
+    """With ``runner: dask``: a running scheduler (``tcp://host:8786``) to run the tasks on; ``None`` starts
+    a local cluster."""
 
 
 class RealismParams(_Section):

@@ -390,3 +390,69 @@ def test_stages_log_to_a_shared_tracking_server_on_postgresql(project, tmp_path)
         finally:
             _run([*pg_ctl, "stop", "-m", "fast"], cluster, env)  # whatever happened above
             shutil.rmtree(cluster)
+
+
+def test_features_and_sample_on_a_dask_cluster_equal_the_thread_runner(project):
+    """Per-session work on an existing Dask cluster (a scheduler and two workers, separate processes)."""
+    pytest.importorskip("prefect_dask")
+    import signal
+    import time
+
+    from distributed import Client
+
+    dest, env = project
+    dask = str(Path(sys.executable).parent / "dask")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+
+    def snapshot() -> dict[str, bytes]:
+        files = [p for p in (dest / "features").rglob("*") if p.is_file()] + [
+            dest / "samples" / "test.parquet"
+        ]
+        return {str(p.relative_to(dest)): p.read_bytes() for p in files}
+
+    threads = snapshot()  # what the thread runner wrote (dvc repro above)
+    params_text = (dest / "params.yaml").read_text()
+    started = [
+        subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            cwd=dest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+    ]  # fmt: skip
+    try:
+        for k in range(2):
+            started.append(
+                subprocess.Popen(
+                    [dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--name", f"w{k}",
+                     "--local-directory", str(dest / ".dask")],
+                    cwd=dest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with Client(address, timeout=5) as client:
+                    client.wait_for_workers(2, timeout=60)
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the Dask cluster did not start"
+                time.sleep(1)
+        params = yaml.safe_load(params_text)
+        for section in ("features", "sample"):
+            params[section].update(runner="dask", dask_address=address)
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        for stage in ("features", "sample"):
+            _run([sys.executable, "-m", f"pipelines.{stage}"], dest, env)
+        with Client(address, timeout=5) as client:  # the work ran on the cluster's two workers
+            assert len(client.scheduler_info()["workers"]) == 2
+        on_dask = snapshot()
+    finally:
+        (dest / "params.yaml").write_text(params_text)
+        for proc in reversed(started):  # workers first, then the scheduler; each by PID
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+        shutil.rmtree(dest / ".dask", ignore_errors=True)
+    differing = sorted(name for name in threads if on_dask.get(name) != threads[name])
+    assert sorted(on_dask) == sorted(threads) and differing == [], differing
