@@ -5,19 +5,13 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from chromium import HeadlessChromium, chromium_path
 from PIL import Image
+from service import real_service
 from starlette.testclient import TestClient
 
 from reactdiff.audio import LogMelProsodyEncoder
@@ -149,32 +143,9 @@ def test_with_a_token_the_demo_needs_it_too(demo_denoiser, stats, corpus):
 
 @pytest.mark.skipif(chromium_path() is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_the_page_in_a_real_browser_streams_and_draws_the_listeners(tmp_path, demo_denoiser, stats, corpus):
-    import httpx
     import psutil
 
-    from reactdiff.training import CHECKPOINT_FORMAT
-
-    model = tmp_path / "model.pt"
-    state = demo_denoiser.state_dict()
-    network = {"network": demo_denoiser.config.to_dict(), "sigma_data": demo_denoiser.sigma_data}
-    torch.save({"format": CHECKPOINT_FORMAT, "model_args": network, "ema": state, "model": state}, model)
-    (tmp_path / "stats.json").write_text(json.dumps(stats.to_json()))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = ["--model", str(model), "--stats", str(tmp_path / "stats.json"), "--port", str(port)]
-    args += ["--device", "cpu", "--demo", str(corpus)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen([sys.executable, "-m", "reactdiff.serve", *args], cwd=tmp_path, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline, "the service did not start"
-                time.sleep(0.5)
+    with real_service(tmp_path, demo_denoiser, stats, "--demo", str(corpus)) as (server, port):
         with HeadlessChromium(size=(800, 460)) as browser:
             browser.open(f"http://127.0.0.1:{port}/demo?autostart=1")
             browser.wait_for("window.demo && window.demo.framesShown >= 6", timeout=120)
@@ -183,9 +154,6 @@ def test_the_page_in_a_real_browser_streams_and_draws_the_listeners(tmp_path, de
                 "[document.getElementById('view').naturalWidth, document.body.innerText]"
             )
             png = Image.open(io.BytesIO(browser.screenshot())).convert("RGB")
-    finally:
-        server.terminate()  # stopped by its PID, whatever happened above
-        server.wait(timeout=20)
     assert state["errors"] == [] and state["reactions"] >= 2 and state["windowsSent"] >= state["reactions"]
     assert shown[0] == grid_layout(4, 96).width  # the page's defaults: 4 listeners, tiles of 96 pixels
     assert "4 listeners, latency" in shown[1]

@@ -4,16 +4,14 @@ and clients that misbehave (each gets a clear answer and the others are not dist
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import os
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from service import real_service
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
@@ -238,51 +236,11 @@ def test_a_public_bind_needs_a_token():
         check_bind("0.0.0.0", None)
 
 
-@contextlib.contextmanager
-def _real_service(tmp_path, denoiser, stats, *extra: str):
-    """``python -m reactdiff.serve`` on a free loopback port with ``denoiser`` saved as a checkpoint;
-    yields ``(process, port)`` once it answers, and stops it by its PID, whatever happens."""
-    import socket
-    import subprocess
-    import sys
-
-    import httpx
-
-    from reactdiff.training import CHECKPOINT_FORMAT
-
-    model = tmp_path / "model.pt"
-    state = denoiser.state_dict()
-    network = {"network": denoiser.config.to_dict(), "sigma_data": denoiser.sigma_data}
-    torch.save({"format": CHECKPOINT_FORMAT, "model_args": network, "ema": state, "model": state}, model)
-    (tmp_path / "stats.json").write_text(json.dumps(stats.to_json()))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = ["--model", str(model), "--stats", str(tmp_path / "stats.json"), "--port", str(port)]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reactdiff.serve", *args, "--device", "cpu", *extra], cwd=tmp_path, env=env
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()["status"] == "ok"
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the service did not start"
-                time.sleep(0.5)
-        yield proc, port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-
-
 def test_the_service_runs_for_real_on_loopback_and_stops_by_pid(tmp_path, denoiser, stats):
     import psutil
     from websockets.sync.client import connect
 
-    with _real_service(tmp_path, denoiser, stats, "--workers", "2") as (proc, port):
+    with real_service(tmp_path, denoiser, stats, "--workers", "2") as (proc, port):
         listening = [c.laddr for c in psutil.Process(proc.pid).net_connections() if c.status == "LISTEN"]
         assert listening and all(addr.ip == "127.0.0.1" for addr in listening)  # loopback only
         children = psutil.Process(proc.pid).children(recursive=True)
@@ -308,7 +266,7 @@ def test_a_client_that_stops_reading_is_dropped_and_the_others_stream_on(tmp_pat
 
     windows = 60
     face, audio = _speaker(windows)
-    with _real_service(tmp_path, denoiser, stats, "--send-timeout", "1") as (proc, port):
+    with real_service(tmp_path, denoiser, stats, "--send-timeout", "1") as (proc, port):
         url = f"ws://127.0.0.1:{port}/listen"
         # The mute client sends its windows at the pace of the other client, never faster, asks for big
         # replies (32 samples of 16 x 58 floats: 160 kB each) and reads none: with a 4 kB receive buffer
@@ -347,7 +305,7 @@ def test_a_dead_worker_ends_its_conversations_with_an_error_and_the_service_goes
     from websockets.sync.client import connect
 
     face, audio = _speaker(3)
-    with _real_service(tmp_path, denoiser, stats, "--workers", "2") as (proc, port):
+    with real_service(tmp_path, denoiser, stats, "--workers", "2") as (proc, port):
         url = f"ws://127.0.0.1:{port}/listen"
         with connect(url) as first, connect(url) as second:  # one conversation on each worker
             for ws in (first, second):
