@@ -67,6 +67,14 @@ class WindowPrior(nn.Module):
     Everything is computed in float64 and applied in the input's dtype.
     """
 
+    mean: Tensor
+    basis: Tensor
+    past_gain: Tensor
+    history_gain: Tensor
+    eigvecs: Tensor
+    eigvals: Tensor
+    marginal_variance: Tensor
+
     def __init__(self, frames: int, dims: int) -> None:
         super().__init__()
         self.frames, self.dims = int(frames), int(dims)
