@@ -619,8 +619,9 @@ def write_report(
         return f"`{campaign}` ({sets or 'params.yaml as committed'})"
 
     notes = [
-        f"Campaigns: {'; '.join(describe(c) for c in campaigns)}; MLflow experiment `{EXPERIMENT}` at "
-        f"{tracking.tracking_uri()}.",
+        f"Campaigns: {'; '.join(describe(c) for c in campaigns)}; MLflow experiment `{EXPERIMENT}`. Their "
+        f"runs, exported, are in `{EXPORT_FILE}`: `python -m pipelines.ablations import` recreates them in "
+        "your MLflow store (to browse them, or to resume a campaign with `run`).",
         "Paper columns: REACT2024 numbers (`paper_tables.json`); ours: the data the campaign ran on.",
         "The paper's FVD needs an I3D network; our realism columns are Frechet distances named for what "
         "they measure. Jitter: mean squared frame-to-frame acceleration of the generated coefficients.",
