@@ -341,6 +341,13 @@ def export_campaign(client, experiment_id: str, campaign: str) -> dict[str, Any]
     return {"format": EXPORT_FORMAT, "experiment": EXPERIMENT, "campaign": campaign, "runs": records}
 
 
+def write_export(client, experiment_id: str, campaign: str, out: Path) -> None:
+    exported = export_campaign(client, experiment_id, campaign)
+    with atomic.atomic_path(out) as tmp:  # mtime 0: the same runs give the same bytes
+        tmp.write_bytes(gzip.compress(json.dumps(exported, sort_keys=True).encode(), mtime=0))
+    print(f"[ablations] {len(exported['runs'])} runs of {campaign} -> {out}")
+
+
 def import_campaign(client, experiment_id: str, exported: Mapping[str, Any]) -> int:
     """Recreate an :func:`export_campaign` in this store, parents first; returns the runs created.
 
@@ -677,12 +684,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         client = _client()
         experiment_id = _experiment_id(client)
         if args.command == "export":
-            exported = export_campaign(
-                client, experiment_id, args.campaign or latest_campaign(client, experiment_id)
+            write_export(
+                client, experiment_id, args.campaign or latest_campaign(client, experiment_id), args.out
             )
-            with atomic.atomic_path(args.out) as tmp:  # mtime 0: the same runs give the same bytes
-                tmp.write_bytes(gzip.compress(json.dumps(exported, sort_keys=True).encode(), mtime=0))
-            print(f"[ablations] {len(exported['runs'])} runs of {exported['campaign']} -> {args.out}")
         else:
             with gzip.open(args.file, "rt", encoding="utf-8") as source:
                 exported = json.load(source)
@@ -699,8 +703,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sets = parse_sets(args.sets)
         campaign = args.campaign or campaign_name(sets)
         run_tables(tables, sets, campaign, jobs=args.jobs, seeds=args.seeds)
-        if not args.no_report:
+        if not args.no_report:  # the report and the runs it was built from, side by side
             print(f"[ablations] report: {write_report([campaign], 'all', tables, REPORT_DIR)}")
+            client = _client()
+            write_export(client, _experiment_id(client), campaign, EXPORT_FILE)
     else:
         print(f"[ablations] report: {write_report(args.campaign, args.subset, tables, args.out)}")
 
