@@ -32,3 +32,20 @@ def demo_denoiser():
         for p in net.parameters():
             p.add_(0.2 * torch.randn_like(p))
     return net.eval()
+
+
+@pytest.fixture(scope="session")
+def demo_stats():
+    """Normalisation statistics that fit ``demo_denoiser`` (86-dim audio), seeded."""
+    import numpy as np
+
+    from reactdiff.features import NormStats
+    from reactdiff.layout import N_COEFFS
+
+    rng = np.random.default_rng(1)
+    return NormStats(
+        face_mean=rng.uniform(0.1, 0.3, size=N_COEFFS).astype(np.float32),
+        face_std=rng.uniform(0.05, 0.2, size=N_COEFFS).astype(np.float32),
+        audio_mean=rng.normal(size=86).astype(np.float32),
+        audio_std=rng.uniform(0.5, 3.0, size=86).astype(np.float32),
+    )

@@ -29,14 +29,8 @@ START = {"type": "start", "samples": 2, "seed": 5, "steps": 3, "guidance": 1.5}
 
 
 @pytest.fixture(scope="module")
-def stats() -> NormStats:
-    rng = np.random.default_rng(1)
-    return NormStats(
-        face_mean=rng.uniform(0.1, 0.3, size=N_COEFFS).astype(np.float32),
-        face_std=rng.uniform(0.05, 0.2, size=N_COEFFS).astype(np.float32),
-        audio_mean=rng.normal(size=A).astype(np.float32),
-        audio_std=rng.uniform(0.5, 3.0, size=A).astype(np.float32),
-    )
+def stats(demo_stats) -> NormStats:
+    return demo_stats
 
 
 @pytest.fixture(scope="module")
