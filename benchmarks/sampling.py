@@ -3,6 +3,11 @@
     python -m benchmarks.sampling [--presets demo,paper] [--steps 2,5,10,25,50,100] [--samples 1,10]
                                   [--windows N] [--paper-steps 2,10,50] [--guidance 1.0] [--device cpu]
                                   [--streams 1,16]
+    python -m benchmarks.sampling --student [--presets demo,paper] [--samples 10]
+
+``--student`` times the teacher as the ``sample`` stage runs it (50 steps, SDE, guidance 3 at sigma <= 2)
+beside its distilled student (:mod:`reactdiff.distillation`: a quarter of the parameters, 4 consistency
+steps, no guidance pass), one after the other in this process, and prints the student's speed-up.
 
 For each network preset (randomly initialised: weights do not change the cost) and each number of solver
 steps and samples M, the benchmark streams windows of ``w = 16`` frames through
@@ -32,7 +37,6 @@ timed over 3 windows and, on CPU, only at 2, 10 and 50 steps.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -47,29 +51,24 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.machine import load_average, load_line
 from reactdiff.audio import LogMelProsodyEncoder, encode_causal_window
+from reactdiff.config import SampleParams
+from reactdiff.distillation import student_config
 from reactdiff.features import NormStats
 from reactdiff.layout import FPS, N_COEFFS
-from reactdiff.model import build_denoiser, count_parameters
+from reactdiff.model import Denoiser, ReactionUNet, build_denoiser, count_parameters
 from reactdiff.online import OnlineReactionGenerator
 from reactdiff.samplers import CountingDenoiser
+from reactdiff.speed import LSTM_FLOPS
 
 WINDOW = 16
 BUDGET_MS = 1000.0 * WINDOW / FPS  # 640 ms: a window must be generated as fast as it is spoken
 AUDIO_DIM = {"demo": 86, "paper": 768}  # log-mel/prosody features; wav2vec2-base hidden states
 
 
-def _lstm_flops(input_shape, hx, params, *args, out_shape=None, **kwargs) -> int:
-    """``aten.lstm``: two FLOPs per multiply-add of the input and recurrent matmuls, every step."""
-    steps = math.prod(input_shape[:-1])  # batch * time, whatever batch_first says
-    return 2 * steps * sum(math.prod(p) for p in params if len(p) == 2)
-
-
-LSTM_FLOPS = {torch.ops.aten.lstm: _lstm_flops, torch.ops.aten.lstm.input: _lstm_flops}
-
-
 @dataclass
 class Row:
     preset: str
+    model: str
     steps: int
     samples: int
     streams: int
@@ -95,7 +94,8 @@ class Row:
 
     def markdown(self) -> str:
         return (
-            f"| ReactDiff {self.preset} | {self.steps} | {self.samples} | {self.streams} "
+            f"| ReactDiff {self.preset}{' student' if self.model == 'student' else ''} | {self.steps} "
+            f"| {self.samples} | {self.streams} "
             f"| {self.params_m:.2f} | {self.gflops_window:.3g} | {self.p50_ms:.1f} | {self.p95_ms:.1f} "
             f"| {self.p50_ms / self.streams:.1f} | {self.fps:.1f} "
             f"| {self.real_time} | {self.network_ms:.1f} | {self.overhead_ms:.1f} |"
@@ -119,6 +119,15 @@ def random_stats(audio_dim: int, seed: int = 0) -> NormStats:
     )
 
 
+def build_network(preset: str, model: str = "teacher") -> Denoiser:
+    """A randomly initialised teacher of ``preset``, or its student (weights do not change the cost)."""
+    torch.manual_seed(0)
+    teacher = build_denoiser(preset, audio_dim=AUDIO_DIM[preset])
+    if model == "teacher":
+        return teacher
+    return Denoiser(ReactionUNet(student_config(teacher.config, preset)))
+
+
 def measure(
     preset: str,
     steps: int,
@@ -128,11 +137,12 @@ def measure(
     guidance: float,
     solver: str,
     streams: int = 1,
+    model: str = "teacher",
+    guidance_interval: tuple[float, float] | None = None,
 ) -> Row:
     """Generate ``windows`` timed windows (after a FLOP-counted and a plain warm-up window)."""
     audio_dim = AUDIO_DIM[preset]
-    torch.manual_seed(0)
-    denoiser = build_denoiser(preset, audio_dim=audio_dim).to(device).eval()
+    denoiser = build_network(preset, model).to(device).eval()
     counter = CountingDenoiser(denoiser)
     gen = OnlineReactionGenerator(
         counter,
@@ -142,6 +152,7 @@ def measure(
         steps=steps,
         solver=solver,
         guidance_scale=guidance,
+        guidance_interval=guidance_interval,
         device=device,
         streams=streams,
     )
@@ -174,6 +185,7 @@ def measure(
     net_ms = np.asarray(network) * 1000.0
     return Row(
         preset=preset,
+        model=model,
         steps=steps,
         samples=samples,
         streams=streams,
@@ -221,6 +233,41 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+RECIPE = SampleParams()  # what the sample stage runs, for the teacher and for the student
+
+
+def _plan(args: argparse.Namespace, preset: str, device: torch.device) -> list[dict]:
+    """The settings to measure for ``preset``: a grid of steps x M x streams, or teacher beside student."""
+    samples, streams = _ints(args.samples), _ints(args.streams)
+    if args.student:
+        interval = tuple(RECIPE.guidance_interval) if RECIPE.guidance_interval else None
+        teacher = dict(
+            model="teacher",
+            steps=RECIPE.steps,
+            solver=RECIPE.solver,
+            guidance=RECIPE.guidance_scale,
+            guidance_interval=interval,
+        )
+        student = dict(
+            model="student", steps=RECIPE.student.steps, solver=RECIPE.student.solver, guidance=1.0
+        )
+        return [
+            {**m, "samples": n, "streams": s} for n in samples for s in streams for m in (teacher, student)
+        ]
+    steps = _ints(args.steps)
+    if preset == "paper":
+        if args.paper_steps:
+            steps = _ints(args.paper_steps)
+        elif device.type == "cpu":
+            steps = [s for s in steps if s in (2, 10, 50)] or steps
+    return [
+        dict(steps=n, samples=m, streams=s, solver=args.solver, guidance=args.guidance)
+        for n in steps
+        for m in samples
+        for s in streams
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -238,6 +285,11 @@ def main() -> None:
         "--guidance", type=float, default=1.0, help="classifier-free guidance (!=1 doubles rows)"
     )
     parser.add_argument("--solver", default="sde", choices=["sde", "ode"])
+    parser.add_argument(
+        "--student",
+        action="store_true",
+        help="teacher (the sample stage's recipe) beside its distilled student, per preset and M",
+    )
     parser.add_argument("--streams", default="1", help="conversations batched in lockstep (comma-separated)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch CPU threads")
@@ -257,25 +309,22 @@ def main() -> None:
     rows: list[Row] = []
     print(HEADER.splitlines()[0], file=sys.stderr)
     for preset in presets:
-        steps = _ints(args.steps)
-        if preset == "paper":
-            if args.paper_steps:
-                steps = _ints(args.paper_steps)
-            elif device.type == "cpu":
-                steps = [s for s in steps if s in (2, 10, 50)] or steps
         windows = args.windows or (3 if preset == "paper" else 20)
-        for n_steps in steps:
-            for m in _ints(args.samples):
-                for streams in _ints(args.streams):
-                    start = time.perf_counter()
-                    row = measure(preset, n_steps, m, windows, device, args.guidance, args.solver, streams)
-                    rows.append(row)
-                    took = time.perf_counter() - start
-                    print(f"{row.markdown()}  [{took:.0f} s]", file=sys.stderr, flush=True)
+        for kwargs in _plan(args, preset, device):
+            start = time.perf_counter()
+            row = measure(preset, windows=windows, device=device, **kwargs)
+            rows.append(row)
+            took = time.perf_counter() - start
+            print(f"{row.markdown()}  [{took:.0f} s]", file=sys.stderr, flush=True)
 
+    recipe = (
+        f"teacher: {RECIPE.steps} steps {RECIPE.solver}, guidance {RECIPE.guidance_scale:g} at sigma in "
+        f"{RECIPE.guidance_interval}; student: {RECIPE.student.steps} {RECIPE.student.solver} steps, unguided"
+        if args.student
+        else f"solver DPM-Solver++(2M) {args.solver}, guidance scale {args.guidance:g}"
+    )
     lines = [
-        f"Online sampling on {name} (torch {torch.__version__}); window w = {WINDOW} frames, "
-        f"solver DPM-Solver++(2M) {args.solver}, guidance scale {args.guidance:g}; "
+        f"Online sampling on {name} (torch {torch.__version__}); window w = {WINDOW} frames, {recipe}; "
         f"real time = a window within {BUDGET_MS:.0f} ms (25 fps). Random weights; audio as precomputed "
         f"features. " + load_line(load_before, load_average()),
         "",
@@ -301,6 +350,13 @@ def main() -> None:
             f"- Paper preset on this device: {worst.steps} steps, M={worst.samples} takes "
             f"{worst.p50_ms / 1000:.2f} s per window, {worst.p50_ms / BUDGET_MS:.1f}x the {BUDGET_MS:.0f} ms "
             f"budget ({worst.fps:.2f} FPS vs 25); real time (p50) at: {reach}."
+        )
+    for teacher, student in zip(rows[::2], rows[1::2], strict=False) if args.student else ():
+        lines.append(
+            f"- {teacher.preset}, M={teacher.samples}: the student ({student.params_m:.2f} M parameters, "
+            f"{student.gflops_window:.3g} GFLOPs per window) runs at {student.fps:.1f} FPS, "
+            f"{student.fps / teacher.fps:.1f}x the teacher's {teacher.fps:.1f} FPS; real time: "
+            f"{student.real_time}."
         )
     if not args.no_audio:
         for label, ms in audio_encoding_ms().items():

@@ -1,6 +1,6 @@
 """Latency of the live listener service under 1, 4 and 16 concurrent real-time conversations.
 
-    python -m benchmarks.serve [--model models/reactdiff.pt] [--stats features/norm_stats.json]
+    python -m benchmarks.serve [--model models/teacher/reactdiff.pt] [--stats features/norm_stats.json]
                                [--clients 1,4,16] [--windows 12] [--samples 10] [--steps 50] [--guidance 3]
 
 Starts ``python -m reactdiff.serve`` on a free loopback port, then for each client count opens that many
@@ -75,7 +75,7 @@ async def _round(port: int, clients: int, args: argparse.Namespace) -> list[floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="models/reactdiff.pt")
+    parser.add_argument("--model", default="models/teacher/reactdiff.pt")
     parser.add_argument("--stats", default="features/norm_stats.json")
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--windows", type=int, default=12)

@@ -62,6 +62,7 @@ from reactdiff.ablations import (
     AblationTable,
     Variant,
     build_report,
+    cost_columns,
     format_param,
     select_tables,
     variant_overrides,
@@ -73,11 +74,15 @@ REPORT_DIR = Path("reports")
 EXPORT_FILE = REPORT_DIR / "ablations.runs.json.gz"
 """The campaign behind ``reports/ablations.md``, as MLflow records (``export`` / ``import``)."""
 TARGET_STAGE = "evaluate"
+COST = "cost."
+"""Prefix of a variant run's cost metrics (Table 16's steps, params_M, GFLOPs, FPS), the same in every
+coefficient subset."""
 GIT_TRACKED_DIRS = ("metrics", "plots", "reports")
 DATASETS = {"windows": "training", "features": "evaluation"}
 """The stage outputs a variant's model was trained on and its samples were scored on."""
 GIT_TRACKED_OUTPUTS = (
     "metrics/evaluate.json",
+    "metrics/sample.json",
     "metrics/train.json",
     "plots/train_loss.csv",
     "reports/evaluate.md",
@@ -277,6 +282,9 @@ def record_variant(
     run_id = run.info.run_id
     metrics = {f"{subset}.{k}": v for subset, values in evaluation.items() for k, v in values.items()}
     metrics |= {f"train.{k}": v for k, v in training.items() if isinstance(v, (int, float))}
+    metrics |= {
+        f"{COST}{k}": v for k, v in cost_columns(json.loads(files["metrics/sample.json"] or "{}")).items()
+    }
     batch = _metric_batch(metrics)
     curve = files["plots/train_loss.csv"]
     if curve:
@@ -586,7 +594,12 @@ def load_records(
             label = labels.get((table, run.data.tags["reactdiff.variant"]))
             if label is None:
                 continue
-            metrics = {k[len(prefix) :]: v for k, v in run.data.metrics.items() if k.startswith(prefix)}
+            metrics = {
+                k[len(key) :]: v
+                for k, v in run.data.metrics.items()
+                for key in (prefix, COST)
+                if k.startswith(key)
+            }
             by_seed.setdefault(table, {}).setdefault(label, {})[_run_seed(run)] = metrics
             if campaign not in sources.setdefault(table, []):
                 sources[table].append(campaign)

@@ -23,7 +23,7 @@ from reactdiff.training import PRIOR_MAX_WINDOWS, evenly_spaced, load_denoiser
 from reactdiff.windows import WindowDataset
 
 WINDOWS = Path("windows")
-MODEL = Path("models/reactdiff.pt")
+MODEL = Path("models/teacher/reactdiff.pt")
 METRICS = Path("metrics/denoiser.json")
 TABLE = Path("plots/denoiser.csv")
 FIGURE = Path("plots/denoiser.png")

@@ -40,12 +40,24 @@ from reactdiff import atomic
 from reactdiff.config import Params, load_params
 from reactdiff.devices import select_device
 from reactdiff.features import EXAMPLES_FILE, FRAMES_FILE, STATS_FILE, NormStats, read_frames
+from reactdiff.model import count_parameters
 from reactdiff.online import OnlineReactionGenerator, derive_seed, generate_clips
+from reactdiff.speed import online_speed
 from reactdiff.training import load_checkpoint, load_denoiser
 
 FEATURES = Path("features")
-MODEL = Path("models/reactdiff.pt")
+MODELS = Path("models")
+"""``models/teacher`` (the train stage's) and ``models/student`` (distill's), each holding the network
+(``reactdiff.pt``) and the MLflow run its samples are logged as children of (``mlflow_run.json``)."""
+MODEL_FILE, RUN_FILE_NAME = "reactdiff.pt", "mlflow_run.json"
+
+
+def model_path(which: str) -> Path:
+    return MODELS / which / MODEL_FILE
+
+
 OUT = Path("samples")
+METRICS = Path("metrics/sample.json")
 SCRATCH = Path("checkpoints")
 RUN_FILE = OUT / "mlflow_run.json"
 
@@ -57,7 +69,8 @@ def output_path(split: str) -> Path:
 def fingerprint(params: Params) -> str:
     """Everything the generated reactions depend on: model, features of the split, sampling params."""
     digest = hashlib.sha256()
-    for path in (MODEL, FEATURES / params.sample.split / FRAMES_FILE, FEATURES / STATS_FILE):
+    model = model_path(params.sample.model)
+    for path in (model, FEATURES / params.sample.split / FRAMES_FILE, FEATURES / STATS_FILE):
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     settings = {
         "seed": params.seed,
@@ -74,8 +87,8 @@ def example_seeds(seed: int, split: str, examples: Sequence[Mapping[str, str]]) 
 
 
 @lru_cache(maxsize=1)
-def _model(device: str):
-    return load_denoiser(MODEL, device=select_device(device), use_ema=True)
+def _model(which: str, device: str):
+    return load_denoiser(model_path(which), device=select_device(device), use_ema=True)
 
 
 @lru_cache(maxsize=1)
@@ -137,18 +150,13 @@ def sample_group(index: int, examples: list[dict], params: Params, scratch: str,
     tables, windows, started = [], 0, time.perf_counter()
     for n, batch in sorted(by_length.items()):
         generator = OnlineReactionGenerator(
-            _model(cfg.device),
+            _model(cfg.model, cfg.device),
             stats,
             window=w,
             samples=cfg.samples,
-            steps=cfg.steps,
-            solver=cfg.solver,
-            eta=cfg.eta,
-            guidance_scale=cfg.guidance_scale,
-            guidance_interval=cfg.guidance_interval,
             initial_past=params.windows.initial_past,
-            clip_expression=cfg.clip_expression,
             streams=len(batch),
+            **cfg.recipe(),
         )
         speakers = [clips[e["speaker"]] for e in batch]
         listeners = [clips[e["listener"]] for e in batch]
@@ -176,6 +184,32 @@ def sample_flow(params: Params, groups: list[list[dict]], scratch: Path, threads
     return gather(futures, desc=f"sample {params.sample.split}")
 
 
+def speed(params: Params, examples: list[dict], windows: int = 4) -> dict[str, float]:
+    """The chosen model's cost per window online (one conversation, M samples): FLOPs and latency here.
+
+    Measured in this process after the groups have finished, on the first speaker clip long enough."""
+    cfg, w = params.sample, params.windows.size
+    clips = _frames(cfg.split)
+    speaker = next(
+        (clips[e["speaker"]] for e in examples if len(clips[e["speaker"]].face) >= (windows + 2) * w), None
+    )
+    if speaker is None:
+        return {}
+    model = _model(cfg.model, cfg.device)
+    cost = online_speed(
+        model,
+        NormStats.load(FEATURES / STATS_FILE),
+        speaker.face,
+        speaker.audio,
+        window=w,
+        samples=cfg.samples,
+        windows=windows,
+        initial_past=params.windows.initial_past,
+        **cfg.recipe(),
+    )
+    return {"parameters": count_parameters(model), **cost}
+
+
 def usable_examples(split: str) -> list[dict]:
     return [e for e in pq.read_table(FEATURES / split / EXAMPLES_FILE).to_pylist() if e["usable"]]
 
@@ -184,18 +218,22 @@ def main() -> None:
     timer = StageTimer("sample")
     params = load_params()
     cfg = params.sample
+    model = model_path(cfg.model)
     # Once, before any task: a bad checkpoint or an absent device is reported once, not once per task.
-    load_checkpoint(MODEL)
+    load_checkpoint(model)
     select_device(cfg.device)
-    groups = session_groups(usable_examples(cfg.split), cfg.batch_examples)
+    usable = usable_examples(cfg.split)
+    groups = session_groups(usable, cfg.batch_examples)
     workers = min(worker_count(cfg.workers), len(groups))
     # Groups run in parallel; each gets its share of the cores instead of oversubscribing.
     threads = max(1, worker_count(0) // workers)
     scratch = SCRATCH / f"sample-{fingerprint(params)}"
     scratch.mkdir(parents=True, exist_ok=True)
+    recipe = cfg.recipe()
     print(
-        f"[sample] {cfg.split}: M={cfg.samples}, {cfg.steps} steps, {cfg.solver} (eta {cfg.eta}), "
-        f"guidance {cfg.guidance_scale} at sigma in {cfg.guidance_interval or 'all levels'}, {len(groups)} "
+        f"[sample] {cfg.split}: {cfg.model} {model}, M={cfg.samples}, {recipe['steps']} steps, "
+        f"{recipe['solver']} (eta {cfg.eta}), guidance {recipe['guidance_scale']} at sigma in "
+        f"{recipe['guidance_interval'] or 'all levels'}, {len(groups)} "
         f"groups of <= {cfg.batch_examples} examples, {workers} {cfg.runner} workers; resuming from "
         f"{scratch} if present"
     )
@@ -219,6 +257,15 @@ def main() -> None:
         "ms_per_window": ms_per_window,
         "window_fps": params.windows.size / (ms_per_window / 1000) if ms_per_window else None,
     }
+    # What the variant costs as a live listener (Table 16's columns), beside what it generated.
+    cost = {
+        "model": cfg.model,
+        "steps": recipe["steps"],
+        "solver": recipe["solver"],
+        "guidance_scale": recipe["guidance_scale"],
+        "samples": cfg.samples,
+        **speed(params, usable),
+    }
 
     import mlflow
 
@@ -227,19 +274,23 @@ def main() -> None:
     with atomic.atomic_dir(OUT) as out:
         atomic.write_parquet(table, out / output_path(cfg.split).name)
         atomic.write_json(summary, out / "summary.json")
-        parent = tracking.read_run_id()
-        detail = f"{cfg.solver}-{cfg.steps}"
+        parent = tracking.read_run_id(MODELS / cfg.model / RUN_FILE_NAME)
+        detail = f"{cfg.model}-{recipe['solver']}-{recipe['steps']}"
         with tracking.start_run("sample", detail=detail, seed=params.seed, parent_run_id=parent):
             tracking.log_params({"seed": params.seed, "sample": cfg.model_dump()})
             tracking.log_datasets({str(FEATURES): "evaluation"})
             mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
+            mlflow.log_metrics({f"online.{k}": float(v) for k, v in cost.items() if isinstance(v, float)})
             run_id = mlflow.active_run().info.run_id
             tracking.write_run_file(run_id, out / RUN_FILE.name, parent_run_id=parent)
+    atomic.write_json(cost, METRICS)
     shutil.rmtree(scratch)
+    online = f"online {cost['fps']:.1f} frames/s" if "fps" in cost else "online speed not measured"
     timer.done(
-        read=f"{MODEL}, {FEATURES}/{cfg.split}",
+        read=f"{model}, {FEATURES}/{cfg.split}",
         wrote=f"{output_path(cfg.split)} ({examples} examples x {cfg.samples} samples x "
-        f"{frames // max(examples, 1)} frames; {ms_per_window and round(ms_per_window, 1)} ms per window)",
+        f"{frames // max(examples, 1)} frames; {ms_per_window and round(ms_per_window, 1)} ms per window "
+        f"batched, {online}), {METRICS}",
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import reactdiff  # noqa: F401  (telemetry off before mlflow is imported)
 
 EXPERIMENT = "reactdiff"
-RUN_FILE = Path("models/mlflow_run.json")
+RUN_FILE = Path("models/teacher/mlflow_run.json")
 LOCK_FILE = Path("dvc.lock")
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 """MLflow 3's UI opens an experiment of no kind on its GenAI overview of traces; this kind opens it on
@@ -78,7 +78,7 @@ def experiment_id(client, name: str) -> str:
 
 
 def run_name(stage: str, detail: str | None = None, seed: int | None = None) -> str:
-    """What a run is, as the runs table shows it: ``sample sde-50 · lam-1e-3 · seed 0``.
+    """What a run is, as the runs table shows it: ``sample teacher-sde-50 · lam-1e-3 · seed 0``.
 
     The middle part is the DVC experiment's name when the stage runs under ``dvc exp run`` (DVC sets
     ``DVC_EXP_NAME``); a plain ``dvc repro`` leaves it out.

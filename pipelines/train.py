@@ -3,8 +3,8 @@
     python -m pipelines.train                                  # one process (device chosen automatically)
     torchrun --nproc_per_node 2 -m pipelines.train             # DistributedDataParallel, same outputs
 
-Writes ``models/reactdiff.pt`` (EMA weights for sampling, plus the full training state),
-``models/mlflow_run.json`` (the run the later stages log into), ``metrics/train.json`` and
+Writes ``models/teacher/reactdiff.pt`` (EMA weights for sampling, plus the full training state),
+``models/teacher/mlflow_run.json`` (the run the later stages log into), ``metrics/train.json`` and
 ``plots/train_loss.csv``. An interrupted run resumes from ``checkpoints/<fingerprint>.pt`` (outside
 DVC's outputs, which DVC clears before a stage runs); the fingerprint covers every setting that
 changes the training trajectory, so a run with other params never resumes from it.
@@ -29,7 +29,7 @@ from reactdiff.windows import WindowDataset
 
 WINDOWS = Path("windows")
 SCRATCH = Path("checkpoints")
-MODEL = Path("models/reactdiff.pt")
+MODEL = Path("models/teacher/reactdiff.pt")
 METRICS = Path("metrics/train.json")
 PLOT = Path("plots/train_loss.csv")
 ARTIFACT_LIMIT_BYTES = 200 * 2**20  # larger checkpoints are referenced by path, not copied into MLflow

@@ -1,4 +1,4 @@
-"""The paper's ablation studies (Tables 2-6 and 13) as params of the one pipeline, and their report.
+"""The paper's ablation studies (Tables 2-6, 13 and 16) as params of the one pipeline, and their report.
 
 Each table is a list of variants; a variant is a set of ``params.yaml`` overrides, exactly what
 ``dvc exp run -S <key>=<value>`` takes. The keys an ablation can touch are :data:`ABLATION_KEYS`; a
@@ -11,7 +11,10 @@ run cache does not serve the ``train`` stage (its metrics and plots are git-trac
 so the runner (``pipelines/ablations.py``, ``training_order``) runs the variants that share a trained
 model back to back, and DVC skips the unchanged ``train`` stage for all but the first. Tables 5 and 6
 change sampling only, so their variants reuse the trained model (``train`` does not depend on
-``sample.*``).
+``sample.*``). Table 16 (efficiency) samples the same teacher at 50 and 10 steps and its distilled
+student (``sample.model``); its cost columns (steps, parameters, GFLOPs and frames per second of one
+conversation on the machine that ran it) come from the ``sample`` stage's ``metrics/sample.json``
+(:func:`cost_columns`).
 
 :func:`build_report` turns the recorded metrics of the variants (read from MLflow by
 ``pipelines/ablations.py``, one run per seed) into one table per study with the paper's numbers
@@ -43,6 +46,7 @@ __all__ = [
     "Estimate",
     "Variant",
     "build_report",
+    "cost_columns",
     "select_tables",
     "variant_overrides",
 ]
@@ -56,6 +60,7 @@ ABLATION_KEYS = (
     "lambda",
     "sample.solver",
     "sample.steps",
+    "sample.model",
 )
 """Every params key an ablation of the paper sets (dotted, as ``dvc exp run -S`` takes them)."""
 
@@ -133,6 +138,9 @@ class AblationTable:
     """The paper's columns for this table (``FVD`` stands for the realism columns)."""
     claims: tuple[Claim, ...] = field(default_factory=tuple)
     sampling_only: bool = False
+    paper_label: Callable[[Mapping[str, Any]], Any] | None = None
+    """The row label of a paper row, when its ``variant`` alone does not name it (Table 16 has two
+    "ReactDiff" rows, at 50 and at 10 steps)."""
 
     def variant(self, label: Any) -> Variant:
         for v in self.variants:
@@ -223,7 +231,9 @@ def _interior_peak(metric: str) -> Callable[[Rows], str]:
 # -- the tables -------------------------------------------------------------------------------------
 
 
-def _table(key: str, name: str, title: str, variants, metrics, claims=(), sampling_only=False):
+def _table(
+    key: str, name: str, title: str, variants, metrics, claims=(), sampling_only=False, paper_label=None
+):
     return AblationTable(
         key=key,
         name=name,
@@ -232,7 +242,27 @@ def _table(key: str, name: str, title: str, variants, metrics, claims=(), sampli
         metrics=tuple(metrics),
         claims=tuple(claims),
         sampling_only=sampling_only,
+        paper_label=paper_label,
     )
+
+
+_TABLE16_ROWS = {
+    ("ReactDiff", 50): "teacher, 50 steps",
+    ("ReactDiff", 10): "teacher, 10 steps",
+    ("Distilled ReactDiff", 10): "distilled student",
+}
+
+
+def cost_columns(sample_metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Table 16's cost columns from the ``sample`` stage's ``metrics/sample.json``: ``steps``, ``params_M``,
+    ``GFLOPs`` (per window of M samples) and ``FPS`` (frames per second of one conversation)."""
+    columns = {
+        "steps": sample_metrics.get("steps"),
+        "params_M": None if "parameters" not in sample_metrics else sample_metrics["parameters"] / 1e6,
+        "GFLOPs": sample_metrics.get("gflops_per_window"),
+        "FPS": sample_metrics.get("fps"),
+    }
+    return {k: float(v) for k, v in columns.items() if v is not None}
 
 
 TABLES: tuple[AblationTable, ...] = (
@@ -374,6 +404,33 @@ TABLES: tuple[AblationTable, ...] = (
             ),
         ],
     ),
+    _table(
+        "table16_efficiency_gtx1080ti",
+        "table16",
+        "Table 16: efficiency, the teacher at 50 and 10 steps and the distilled student",
+        [
+            ("teacher, 50 steps", {"sample.model": "teacher", "sample.steps": 50}),
+            ("teacher, 10 steps", {"sample.model": "teacher", "sample.steps": 10}),
+            ("distilled student", {"sample.model": "student"}),
+        ],
+        ["steps", "params_M", "GFLOPs", "FPS", "FRDiv", "FRCorr"],
+        [
+            Claim(
+                "the distilled student runs faster than the teacher at 50 steps (FPS higher)",
+                _compare("distilled student", "FPS", ">", "teacher, 50 steps"),
+            ),
+            Claim(
+                "the distilled student is faster than the teacher at 10 steps (FPS higher)",
+                _compare("distilled student", "FPS", ">", "teacher, 10 steps"),
+            ),
+            Claim(
+                "10 teacher steps lose diversity against 50 (FRDiv lower)",
+                _compare("teacher, 10 steps", "FRDiv", "<", "teacher, 50 steps"),
+            ),
+        ],
+        sampling_only=True,
+        paper_label=lambda row: _TABLE16_ROWS.get((row["variant"], row.get("steps"))),
+    ),
 )
 
 REALISM_COLUMNS = ("FD_stats", "FD_dynamics", "FD_learned")
@@ -424,7 +481,8 @@ def format_param(value: Any) -> str:
 def _paper_rows(table: AblationTable) -> dict[Any, dict[str, Estimate]]:
     rows = {}
     for row in paper_tables()[table.key]:
-        rows[row["variant"]] = {
+        label = row["variant"] if table.paper_label is None else table.paper_label(row)
+        rows[label] = {
             k: Estimate(float(v), None, 1) for k, v in row.items() if k != "variant" and v is not None
         }
     return rows

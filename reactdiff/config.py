@@ -150,7 +150,21 @@ class TrainParams(_Section):
         return value
 
 
+class StudentSampling(_Section):
+    """How the distilled student samples (``sample.model: student``): its own few steps, no guidance."""
+
+    steps: int = Field(default=4, ge=1)
+    """Network evaluations per window."""
+    solver: Literal["consistency", "sde", "ode"] = "consistency"
+    """``consistency``: multistep consistency sampling (reactdiff/samplers.py), the student's own."""
+
+
 class SampleParams(_Section):
+    model: Literal["teacher", "student"] = "teacher"
+    """Which network samples: the trained model (``models/teacher``) with ``steps``, ``solver`` and
+    guidance, or the distilled student (``models/student``) with ``student``'s steps and solver and no
+    guidance (distilled into it); Table 16."""
+    student: StudentSampling = StudentSampling()
     split: Literal["train", "val", "test"] = "test"
     samples: int = Field(default=10, ge=1)
     """M reactions per speaker clip (paper: 10)."""
@@ -181,6 +195,88 @@ class SampleParams(_Section):
         if v is not None and (len(v) != 2 or not 0 <= v[0] <= v[1]):
             raise ValueError(f"needs [lo, hi] with 0 <= lo <= hi, got {v}")
         return v
+
+    def recipe(self) -> dict[str, Any]:
+        """The sampler settings of the chosen ``model``, as :class:`reactdiff.online.OnlineReactionGenerator`
+        takes them: the teacher's steps, solver and guidance, or the student's steps and solver unguided."""
+        interval = None if self.guidance_interval is None else tuple(self.guidance_interval)
+        if self.model == "student":
+            return dict(
+                steps=self.student.steps,
+                solver=self.student.solver,
+                eta=self.eta,
+                guidance_scale=1.0,
+                guidance_interval=None,
+                clip_expression=self.clip_expression,
+            )
+        return dict(
+            steps=self.steps,
+            solver=self.solver,
+            eta=self.eta,
+            guidance_scale=self.guidance_scale,
+            guidance_interval=interval,
+            clip_expression=self.clip_expression,
+        )
+
+
+class DistillParams(_Section):
+    """Consistency distillation of the guided teacher into a small student (reactdiff/distillation.py)."""
+
+    method: Literal["trajectory", "consistency"] = "trajectory"
+    """``trajectory``: regress on the ends of the teacher's ODE trajectories, solved in advance for a
+    pool of windows; ``consistency``: consistency distillation (Song et al. 2023), one teacher step per
+    optimiser step (reactdiff/distillation.py compares them)."""
+    loss: Literal["energy", "mse"] = "energy"
+    """``trajectory``: the energy score of two draws per window against the teacher's (distributional: it
+    keeps what the student cannot resolve diverse), or the squared error (which averages it away)."""
+    spread_weight: float = Field(default=0.3, ge=0, le=1)
+    """``energy``: weight of the term that keeps two draws apart (1: the proper energy score; 0: the mean
+    Euclidean error, which collapses what the student cannot resolve)."""
+    skip: Literal["flow", "wiener"] = "flow"
+    """The student's skip path: ``flow``, the end of the prior's Gaussian ODE trajectory through its
+    input (a sample for every noise), or the teacher's ``wiener`` filter (the mean at high noise)."""
+    steps: int = Field(default=1500, ge=1)
+    """Optimiser steps, the first ``warmup_steps`` of them regressing on the teacher's denoiser."""
+    warmup_steps: int = Field(default=0, ge=0)
+    """``consistency``: steps of plain regression on the guided teacher's denoised estimates before the
+    consistency loss, so that it starts from a (guidance-free) denoiser, as consistency tuning does."""
+    batch_size: int = Field(default=100, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    """Demo preset; the paper preset distils at 1e-4 like its training."""
+    levels: int = Field(default=40, ge=2)
+    """N: noise levels (Karras) the teacher's ODE is discretised into; each step of the loss is one
+    teacher step between two neighbouring levels."""
+    teacher_substeps: int = Field(default=1, ge=1)
+    """Teacher ODE steps per segment between two levels: a coarse grid with exact steps propagates
+    consistency from sigma_min to sigma_max in fewer optimiser steps (latent consistency models' skipping)."""
+    target_decay: float = Field(default=0.95, ge=0, lt=1)
+    """EMA decay of the target network the consistency loss aims at (Song et al. 2023: 0.95)."""
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    """EMA decay of the weights saved for sampling."""
+    teacher_ode_steps: int = Field(default=25, ge=2)
+    """Steps of the teacher's guided ODE (DPM-Solver++(2M)) whose trajectories the student learns
+    (``trajectory``) and the validation compares the student's one-step map to. The 25 Karras levels
+    of 25 steps hold every level of the student's 1- to 4-step schedules (reactdiff.noise)."""
+    pool_windows: int = Field(default=1000, ge=1)
+    """``trajectory``: trajectories solved together, two (two noises) for each of half as many training
+    windows."""
+    pool_refresh: int = Field(default=50, ge=1)
+    """``trajectory``: optimiser steps between two pools."""
+    rollout_prob: float = Field(default=0.5, ge=0, le=1)
+    """``trajectory``: share of the pool's windows whose past the student samples itself (with its own
+    ``sample.student`` steps) instead of the real one; the teacher's trajectories start from there."""
+    log_every: int = Field(default=50, ge=1)
+    checkpoint_every: int = Field(default=250, ge=1)
+    val_batches: int = Field(default=2, ge=1)
+    device: Device = "auto"
+
+    @field_validator("warmup_steps")
+    @classmethod
+    def _warmup_within_steps(cls, value: int, info: Any) -> int:
+        steps = info.data.get("steps")
+        if steps is not None and value >= steps:
+            raise ValueError(f"warmup_steps ({value}) must be fewer than steps ({steps})")
+        return value
 
 
 class RenderParams(_Section):
@@ -227,6 +323,7 @@ class Params(_Section):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     sample: SampleParams = SampleParams()
+    distill: DistillParams = DistillParams()
     render: RenderParams = RenderParams()
     realism: RealismParams = RealismParams()
 

@@ -62,6 +62,7 @@ from reactdiff.noise import SIGMA_DATA
 from reactdiff.prior import WindowPrior
 
 __all__ = [
+    "SKIP_PATHS",
     "Conditions",
     "NetworkConfig",
     "PRESETS",
@@ -675,6 +676,8 @@ class ReactionUNet(nn.Module):
 # Preconditioned denoiser
 # --------------------------------------------------------------------------------------------------
 
+SKIP_PATHS = ("wiener", "flow")
+
 
 class Denoiser(nn.Module):
     """Preconditioned denoiser ``D(x, sigma, cond) = skip(x, sigma) + L(sigma) F(c_in x, c_noise, cond)``.
@@ -685,14 +688,25 @@ class Denoiser(nn.Module):
     prior's docstring has the why). Without a fitted prior the prior is isotropic with variance
     ``sigma_data^2`` and ``D`` is exactly EDM's ``c_skip x + c_out F`` (Karras et al. 2022, Table 1).
     ``c_in = 1 / sqrt(sigma^2 + v)`` with ``v`` the prior's mean variance, ``c_noise = log(sigma) / 4``.
+
+    ``skip="flow"`` replaces the Wiener filter by the end of the prior's probability-flow ODE trajectory
+    through ``x`` (:meth:`WindowPrior.flow`): the skip path of a consistency model, a distilled student,
+    whose output is a sample rather than a posterior mean.
     """
 
     def __init__(
-        self, network: ReactionUNet, sigma_data: float = SIGMA_DATA, prior: WindowPrior | None = None
+        self,
+        network: ReactionUNet,
+        sigma_data: float = SIGMA_DATA,
+        prior: WindowPrior | None = None,
+        skip: str = "wiener",
     ) -> None:
         super().__init__()
+        if skip not in SKIP_PATHS:
+            raise ValueError(f"skip must be one of {SKIP_PATHS}, got {skip!r}")
         self.network = network
         self.sigma_data = float(sigma_data)
+        self.skip = skip
         cfg = network.config
         if prior is None:
             prior = WindowPrior.isotropic(cfg.frames, cfg.coeff_dim, self.sigma_data)
@@ -736,9 +750,8 @@ class Denoiser(nn.Module):
         # The prior's products are precise linear algebra (a Wiener filter, a Cholesky factor): under
         # mixed precision they would round the skip path by more than the lowest noise levels.
         with torch.autocast(x.device.type, enabled=False):
-            return self.prior.skip(x, sigma, past, history) + self.prior.scale_output(out.float(), sigma).to(
-                x.dtype
-            )
+            skip = self.prior.flow if self.skip == "flow" else self.prior.skip
+            return skip(x, sigma, past, history) + self.prior.scale_output(out.float(), sigma).to(x.dtype)
 
 
 def _noise_conditioning(sigma: Tensor) -> Tensor:

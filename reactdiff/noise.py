@@ -39,6 +39,25 @@ def karras_sigmas(
     return torch.cat([sigmas, sigmas.new_zeros(1)]).to(device=device, dtype=torch.float32)
 
 
+def consistency_sigmas(
+    n_steps: int,
+    sigma_min: float = SIGMA_MIN,
+    sigma_max: float = SIGMA_MAX,
+    rho: float = RHO,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The ``n_steps`` noise levels a consistency model is evaluated at, decreasing, with a final 0.
+
+    The Karras schedule of ``n_steps + 1`` levels without its last, ``sigma_min``: a consistency model is
+    the identity there (its boundary condition), so an evaluation at ``sigma_min`` would be wasted.
+    Returns ``[n_steps + 1]``: ``sigma_max ... , 0`` (``[sigma_max, 0]`` for one step).
+    """
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    levels = karras_sigmas(n_steps + 1, sigma_min, sigma_max, rho, device)
+    return torch.cat([levels[:-2], levels[-1:]])
+
+
 def late_step_threshold(n_steps: int, last_steps: int = 5, **schedule: float) -> float:
     """The largest noise level among the last ``last_steps`` denoising steps of an ``n_steps`` schedule.
 

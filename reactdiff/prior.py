@@ -217,11 +217,32 @@ class WindowPrior(nn.Module):
         ``past`` ``[B, w, D]``: the previous windows (``None``: the prior's mean stands for the
         prediction); ``history`` ``[B, D]``: see :meth:`predict`.
         """
+        return self._shrink(x, sigma, past, history, power=1.0)
+
+    def flow(
+        self, x: Tensor, sigma: Tensor | float, past: Tensor | None = None, history: Tensor | None = None
+    ) -> Tensor:
+        """Where the Gaussian model's probability-flow ODE trajectory through ``x`` at ``sigma`` ends.
+
+        ``prediction + C^(1/2) (C + sigma^2 I)^(-1/2) (x - prediction)``: the square root of the Wiener
+        gain, axis by axis (for Gaussian data ``x(sigma) - m = (C + sigma^2)^(1/2) (C + s^2)^(-1/2)
+        (x(s) - m)`` along a trajectory). It is the exact consistency function of the prior, what a
+        distilled student corrects (:mod:`reactdiff.distillation`): unlike the Wiener estimate, which
+        tends to the mean at high noise, it maps every noise to its own sample, with the windows'
+        covariance. Arguments as in :meth:`skip`.
+        """
+        return self._shrink(x, sigma, past, history, power=0.5)
+
+    def _shrink(
+        self, x: Tensor, sigma: Tensor | float, past: Tensor | None, history: Tensor | None, power: float
+    ) -> Tensor:
+        """``prediction + (C (C + sigma^2 I)^-1)^power (x - prediction)`` in the prior's axes."""
         sigma = self._per_row(sigma, x.shape[0])
         levels = self._levels(sigma)
         basis = self.basis.to(x.dtype)
         prediction = self.mean.to(x.dtype) if past is None else self.predict(past, history)
-        gain = (self.eigvals / (self.eigvals + levels[:, None, None] ** 2)).to(x.dtype)  # [1 or B, D, w]
+        gain = (self.eigvals / (self.eigvals + levels[:, None, None] ** 2)) ** power  # [1 or B, D, w]
+        gain = gain.to(x.dtype)
         eigvecs = self.eigvecs.to(x.dtype)
         coords = torch.einsum("dtk,btd->bdk", eigvecs, (x - prediction) @ basis)
         estimate = torch.einsum("dtk,bdk->btd", eigvecs, gain * coords) @ basis.T + prediction

@@ -17,6 +17,10 @@ with the second-order multistep estimate ``D_i = (1 + 1/(2 r_i)) d_{i-1} - d_{i-
 ``r_i = h_{i-1} / h_i`` (``d`` are the denoiser outputs). ``eta = 0`` is Algorithm 1 (the probability
 flow ODE); ``eta > 0`` is Algorithm 2 (the SDE). The first step has no history and is first order; a
 step to ``sigma = 0`` (``h = inf``) returns the denoised estimate itself, as k-diffusion does.
+
+A consistency model (a distilled student, :mod:`reactdiff.distillation`) follows the same contract, its
+output being the end of the ODE trajectory through ``x`` rather than the posterior mean; its own
+sampler, :func:`sample_consistency`, is the multistep one of Song et al. (2023, Algorithm 1).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import torch
 from torch import Tensor
 
-from reactdiff.noise import SIGMA_MAX, SIGMA_MIN, karras_sigmas
+from reactdiff.noise import SIGMA_MAX, SIGMA_MIN, consistency_sigmas, karras_sigmas
 
 __all__ = [
     "SOLVERS",
@@ -41,12 +45,13 @@ __all__ = [
     "sample",
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",
+    "sample_consistency",
 ]
 
 Denoiser = Callable[[Tensor, Tensor, Any], Tensor]
 """``denoiser(x [batch, frames, dims], sigma [batch], cond) -> x0 estimate [batch, frames, dims]``."""
 
-SOLVERS = ("sde", "ode")
+SOLVERS = ("sde", "ode", "consistency")
 
 _C = TypeVar("_C", bound="GuidableConditions")
 
@@ -281,6 +286,38 @@ def sample_dpmpp_2m_sde(
     return _dpmpp_2m(denoiser, x_T, sigmas, cond, eta=eta, generator=generator)
 
 
+def sample_consistency(
+    denoiser: Denoiser,
+    x_T: Tensor,
+    sigmas: Tensor | Sequence[float],
+    cond: Any = None,
+    generator: Generators = None,
+    sigma_min: float = SIGMA_MIN,
+) -> Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1) of a consistency model.
+
+    ``x = f(x_T, sigmas[0])``, then for every further positive level ``sigma``:
+    ``x = f(x + sqrt(sigma^2 - sigma_min^2) z, sigma)`` with fresh noise ``z`` from ``generator``: each
+    evaluation jumps to the end of the ODE trajectory, and the noise re-opens the sample at a lower
+    level for the next jump to refine. ``sigmas``: strictly decreasing levels ending in 0 (the 0 is not
+    evaluated), usually :func:`reactdiff.noise.consistency_sigmas`. ``len(sigmas) - 1`` denoiser calls.
+    """
+    levels = _noise_levels(sigmas)
+    if levels[-1] != 0:
+        raise ValueError(f"a consistency schedule ends at 0, got {levels[-1]}")
+    batch = x_T.shape[0]
+    x = x_T
+    for i, sigma in enumerate(levels[:-1]):
+        if i > 0:
+            x = x + math.sqrt(max(sigma**2 - sigma_min**2, 0.0)) * _randn_like(x, generator)
+        sigma_batch = torch.full((batch,), sigma, device=x.device, dtype=x.dtype)
+        denoised = denoiser(x, sigma_batch, cond)
+        if denoised.shape != x.shape:
+            raise ValueError(f"denoiser returned shape {tuple(denoised.shape)}, expected {tuple(x.shape)}")
+        x = denoised
+    return x
+
+
 def sample(
     denoiser: Denoiser,
     shape: Sequence[int],
@@ -299,20 +336,24 @@ def sample(
 ) -> Tensor:
     """Draw ``x_T = sigma_max * randn(shape)`` and denoise it over ``steps`` Karras levels.
 
-    ``shape``: ``[batch, frames, dims]``. ``solver``: ``"sde"`` (Algorithm 2 with ``eta``) or ``"ode"``
-    (Algorithm 1). ``guidance_scale != 1`` wraps the denoiser with :func:`guided` (over
-    ``guidance_interval`` of noise levels when given, else at every level). ``device`` defaults to
-    CUDA when available, else CPU; ``x_T`` is drawn on the generator's device and moved there.
-    Returns ``[batch, frames, dims]`` on ``device``; ``steps`` network calls.
+    ``shape``: ``[batch, frames, dims]``. ``solver``: ``"sde"`` (Algorithm 2 with ``eta``), ``"ode"``
+    (Algorithm 1) or ``"consistency"`` (:func:`sample_consistency` over ``consistency_sigmas(steps)``,
+    for a distilled student; ``eta`` unused). ``guidance_scale != 1`` wraps the denoiser with
+    :func:`guided` (over ``guidance_interval`` of noise levels when given, else at every level).
+    ``device`` defaults to CUDA when available, else CPU; ``x_T`` is drawn on the generator's device
+    and moved there. Returns ``[batch, frames, dims]`` on ``device``; ``steps`` network calls.
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; valid choices: {', '.join(repr(s) for s in SOLVERS)}")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    sigmas = karras_sigmas(steps, sigma_min=sigma_min, sigma_max=sigma_max)
+    schedule = consistency_sigmas if solver == "consistency" else karras_sigmas
+    sigmas = schedule(steps, sigma_min=sigma_min, sigma_max=sigma_max)
     x_T = sigma_max * _randn(shape, generator, device, dtype)
     net = guided(denoiser, guidance_scale, guidance_interval)
+    if solver == "consistency":
+        return sample_consistency(net, x_T, sigmas, cond, generator=generator, sigma_min=sigma_min)
     if solver == "ode":
         return sample_dpmpp_2m(net, x_T, sigmas, cond)
     return sample_dpmpp_2m_sde(net, x_T, sigmas, cond, eta=eta, generator=generator)

@@ -1,7 +1,7 @@
 """A live listener service: agents stream a speaker's face and voice in, and get M listener reactions back.
 
-Run ``python -m reactdiff.serve --model models/reactdiff.pt --stats features/norm_stats.json`` (it binds
-to 127.0.0.1:8765; any other address needs ``--token``). One WebSocket connection to ``/listen`` is one
+Run ``python -m reactdiff.serve --model models/teacher/reactdiff.pt --stats features/norm_stats.json`` (it
+binds to 127.0.0.1:8765; any other address needs ``--token``). One WebSocket connection to ``/listen`` is one
 conversation. Messages are JSON text frames; arrays of floats travel as base64 of little-endian float32
 (``"f32le"``), which every language can produce and read without a JSON parser's float round trip.
 
@@ -162,6 +162,10 @@ class ServeConfig:
     send_timeout_s: float = 10.0
     """A client that has not taken a reply within this time has stopped reading: it is dropped, so that
     its unread replies do not pile up in the server's memory."""
+    recipe: SampleParams = SampleParams()
+    """What a conversation gets unless its start message says otherwise: the recipe that the sample
+    stage runs and the evaluate stage scores, for the model served (``model: student`` for a distilled
+    student: its few consistency steps, unguided)."""
 
 
 def _floats(text: Any, what: str, count: int | None = None) -> np.ndarray:
@@ -184,16 +188,12 @@ def _encode(array: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode("ascii")
 
 
-# What a conversation gets unless its start message says otherwise: the recipe that the sample stage runs
-# and the evaluate stage scores (params.yaml's ``sample`` section as shipped).
-RECIPE = SampleParams()
-
-
 def _start_options(message: dict, config: ServeConfig, window: int) -> dict[str, Any]:
-    """The generator options of a ``start`` message, checked against the limits."""
-    samples = message.get("samples", RECIPE.samples)
-    steps, seed = message.get("steps", RECIPE.steps), message.get("seed", 0)
-    guidance = message.get("guidance", RECIPE.guidance_scale)
+    """The generator options of a ``start`` message over ``config.recipe``, checked against the limits."""
+    recipe = config.recipe.recipe()
+    samples = message.get("samples", config.recipe.samples)
+    steps, seed = message.get("steps", recipe["steps"]), message.get("seed", 0)
+    guidance = message.get("guidance", recipe["guidance_scale"])
     for name, value, high in (("samples", samples, config.max_samples), ("steps", steps, config.max_steps)):
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
             raise ValueError(f"{name} must be an integer in [1, {high}], got {value!r}")
@@ -209,6 +209,7 @@ def _start_options(message: dict, config: ServeConfig, window: int) -> dict[str,
         if not np.isfinite(start).all():
             raise ValueError("listener_start must be finite")
     return {
+        **recipe,
         "samples": samples,
         "steps": steps,
         "seed": seed,
@@ -245,11 +246,11 @@ def open_generator(
         window=window,
         samples=options["samples"],
         steps=options["steps"],
-        solver=RECIPE.solver,
-        eta=RECIPE.eta,
+        solver=options["solver"],
+        eta=options["eta"],
         guidance_scale=options["guidance_scale"],
-        guidance_interval=RECIPE.guidance_interval,
-        clip_expression=RECIPE.clip_expression,
+        guidance_interval=options["guidance_interval"],
+        clip_expression=options["clip_expression"],
         seed=options["seed"],
         device=device,
         encoder=encoder,
@@ -563,13 +564,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import uvicorn
 
+    from reactdiff.distillation import distilled_or_trained
     from reactdiff.training import load_denoiser
 
     parser = argparse.ArgumentParser(prog="python -m reactdiff.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--model",
-        default="models/reactdiff.pt",
-        help="a checkpoint file, or runs:/<run_id> of a training run",
+        default="models/teacher/reactdiff.pt",
+        help="a checkpoint (a trained teacher or a distilled student), or runs:/<run_id> of a training run",
     )
     parser.add_argument("--stats", type=Path, default=Path("features/norm_stats.json"))
     parser.add_argument("--encoder", default="logmel", help="the audio encoder the model was trained with")
@@ -596,9 +598,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     from reactdiff.devices import select_device
 
     device = select_device(args.device)
-    denoiser = load_denoiser(resolve_model(args.model), device=device)
+    checkpoint = resolve_model(args.model)
+    denoiser = load_denoiser(checkpoint, device=device)
     config = ServeConfig(
-        token=args.token, max_connections=args.max_connections, send_timeout_s=args.send_timeout
+        token=args.token,
+        max_connections=args.max_connections,
+        send_timeout_s=args.send_timeout,
+        recipe=SampleParams(model=distilled_or_trained(checkpoint)),
     )
     stats, encoder = NormStats.load(args.stats), build_encoder(args.encoder)
     workers, conversations = 1, None

@@ -16,6 +16,7 @@ from reactdiff.ablations import (
     TABLES,
     Estimate,
     build_report,
+    cost_columns,
     format_param,
     select_tables,
     variant_overrides,
@@ -32,16 +33,37 @@ PAPER_DEFAULTS = {
     "lambda": 0.0001,
     "sample.solver": "sde",
     "sample.steps": 50,
+    "sample.model": "teacher",
 }
 
 
 def test_every_table_of_the_paper_with_every_variant():
-    assert [t.name for t in TABLES] == ["table2", "table3", "table4", "table5", "table6", "table13"]
+    assert [t.name for t in TABLES] == [
+        "table2",
+        "table3",
+        "table4",
+        "table5",
+        "table6",
+        "table13",
+        "table16",
+    ]
     for table in TABLES:
-        paper_rows = [row["variant"] for row in paper_tables()[table.key]]
+        label = table.paper_label or (lambda row: row["variant"])
+        paper_rows = [label(row) for row in paper_tables()[table.key]]
         assert [v.label for v in table.variants] == paper_rows, table.name
         for metric in table.metrics:  # the paper's columns of this table
             assert any(metric in row for row in paper_tables()[table.key])
+
+
+def test_table16_samples_the_teacher_at_50_and_10_steps_and_the_student_and_costs_them():
+    table = TABLES[-1]
+    rows = {v.label: variant_overrides(v, PAPER_DEFAULTS) for v in table.variants}
+    assert rows["teacher, 50 steps"] == PAPER_DEFAULTS
+    assert rows["teacher, 10 steps"] == {**PAPER_DEFAULTS, "sample.steps": 10}
+    assert rows["distilled student"]["sample.model"] == "student"
+    sample_json = {"steps": 4, "parameters": 67_370, "gflops_per_window": 0.5, "fps": 400.0, "model": "x"}
+    assert cost_columns(sample_json) == {"steps": 4.0, "params_M": 0.06737, "GFLOPs": 0.5, "FPS": 400.0}
+    assert cost_columns({}) == {}  # a run from before the cost was measured: the columns stay empty
 
 
 def test_variants_map_to_the_right_params():
@@ -72,7 +94,7 @@ def test_variants_map_to_the_right_params():
     for lam, p in params["table13"].items():
         assert p == {**PAPER_DEFAULTS, "lambda": lam}
     # The paper's default configuration is one row of every table: the same experiment each time.
-    defaults = ["with h", "face and audio", "FBK and FAC", "SDE", 50, 0.0001]
+    defaults = ["with h", "face and audio", "FBK and FAC", "SDE", 50, 0.0001, "teacher, 50 steps"]
     for table, label in zip(TABLES, defaults, strict=True):
         assert params[table.name][label] == PAPER_DEFAULTS
     # Only the sampling tables leave the training params alone.
@@ -103,7 +125,7 @@ def test_variant_overrides_take_the_base_for_other_keys_and_reject_unknown_keys(
 
 def test_experiment_names_are_unique_and_valid_refs():
     names = [t.experiment_name(v) for t in TABLES for v in t.variants]
-    assert len(names) == len(set(names)) == 25
+    assert len(names) == len(set(names)) == 28
     assert all(re.fullmatch(r"[a-z0-9][a-z0-9-]*[a-z0-9]", n) for n in names)
     assert "table2-without-h" in names and "table13-1e-05" in names and "table6-100" in names
 
@@ -291,13 +313,14 @@ def test_variants_sharing_a_trained_model_run_back_to_back():
 
     default_training = training(TABLES[0].variant("with h"))
     uses_default = [i for i, (_, v) in enumerate(ran) if training(v) == default_training]
-    # with h, face and audio, FBK and FAC, ODE, SDE, the 6 step counts, lambda 1e-4: one model, run in a row
-    # right after the first variant (the default model is the second training configuration seen).
-    assert uses_default == list(range(1, 13))
+    # with h, face and audio, FBK and FAC, ODE, SDE, the 6 step counts, lambda 1e-4 and Table 16's three
+    # rows: one model, run in a row right after the first variant (the default model is the second
+    # training configuration seen).
+    assert uses_default == list(range(1, 16))
     assert [f"{t.name}/{v.label}" for t, v in ran[:2]] == ["table2/without h", "table2/with h"]
     assert len({training(v) for _, v in ran}) == 14  # the paper's tables need 14 trained models
     # Outside the groups, the tables' order is kept.
-    rest = [f"{t.name}/{v.label}" for t, v in ran[13:]]
+    rest = [f"{t.name}/{v.label}" for t, v in ran[16:]]
     assert rest[:3] == ["table3/no face, no audio", "table3/face only", "table3/audio only"]
     assert rest[-1] == "table13/0"
 

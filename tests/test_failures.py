@@ -44,21 +44,21 @@ def _digest(folder: Path) -> dict[str, str]:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "teacher").mkdir(parents=True)
     return tmp_path
 
 
 def test_a_truncated_checkpoint_stops_sample_once_before_any_work(project):
     good = project / "good.pt"
     torch.save({"format": CHECKPOINT_FORMAT, "weights": torch.zeros(4096)}, good)
-    model = project / "models" / "reactdiff.pt"
+    model = project / "models" / "teacher" / "reactdiff.pt"
     model.write_bytes(good.read_bytes()[:2000])
     before = _digest(project)
     proc = _stage("sample", project)
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if "reactdiff.pt" in line]
     assert lines == [
-        "[sample] models/reactdiff.pt: is truncated (2000 bytes: the end of the archive is missing); "
+        "[sample] models/teacher/reactdiff.pt: is truncated (2000 bytes: the end of the archive is missing); "
         "train it again (`dvc repro train`, or `python -m pipelines.train`)"
     ]
     assert "Traceback" not in proc.stderr and "weights_only" not in proc.stderr + proc.stdout

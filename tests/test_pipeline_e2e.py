@@ -27,6 +27,7 @@ STAGES = [
     "realism_encoder",
     "train",
     "denoising",
+    "distill",
     "sample",
     "baselines",
     "evaluate",
@@ -59,6 +60,16 @@ def project(tmp_path_factory):
         steps=30, batch_size=16, log_every=10, val_every=15, val_batches=1, checkpoint_every=15
     )
     params["sample"].update(samples=2, steps=3, workers=2)
+    params["distill"].update(
+        steps=10,
+        batch_size=8,
+        pool_windows=16,
+        pool_refresh=5,
+        teacher_ode_steps=4,
+        log_every=5,
+        checkpoint_every=5,
+        val_batches=1,
+    )
     params["render"].update(sessions=1, tile=64)
     params["realism"].update(steps=20, batch_size=8)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -129,8 +140,13 @@ def test_dvc_repro_runs_every_stage(project):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{dest / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("reactdiff").experiment_id])
     by_stage = {r.data.tags["stage"]: r for r in runs}
-    assert set(by_stage) == {"train", "sample"}
+    assert set(by_stage) == {"train", "distill", "sample"}
     assert by_stage["sample"].data.tags["mlflow.parentRunId"] == by_stage["train"].info.run_id
+    assert by_stage["distill"].data.tags["mlflow.parentRunId"] == by_stage["train"].info.run_id
+    distilled = json.loads((dest / "metrics" / "distill.json").read_text())
+    assert distilled["parameter_ratio"] <= 0.25 and distilled["one_step_gap"] > 0
+    cost = json.loads((dest / "metrics" / "sample.json").read_text())
+    assert cost["model"] == "teacher" and cost["evaluations_per_window"] == 3 and cost["fps"] > 0
     assert "loss" in by_stage["train"].data.metrics and "all.FRCorr" in by_stage["sample"].data.metrics
     assert "denoise_model_sigma_0.1" in by_stage["train"].data.metrics
     assert by_stage["train"].data.params["lambda"] == "0.0001"
@@ -153,14 +169,24 @@ def test_dvc_exp_run_lambda_and_a_sampling_only_change(project):
     log = _run([*dvc, "exp", "run", "-S", "sample.steps=2", "--name", "steps-2"], dest, env)
     assert "Running stage 'sample'" in log
     assert "Running stage 'train'" not in log  # a sampling-only variant reuses the trained model
+    # The distilled student samples, evaluates and renders like any variant, with its own recipe.
+    log = _run([*dvc, "exp", "run", "-S", "sample.model=student", "--name", "student"], dest, env)
+    assert "Running stage 'sample'" in log and "Running stage 'train'" not in log
+    assert "[sample] test: student models/student/reactdiff.pt, M=2, 4 steps, consistency" in log
     shown = _run([*dvc, "exp", "show", "--csv"], dest, env)
-    assert "lam-1e-3" in shown and "steps-2" in shown and "all.FRCorr" in shown
+    assert "lam-1e-3" in shown and "steps-2" in shown and "student" in shown and "all.FRCorr" in shown
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{dest / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("reactdiff").experiment_id])
     tagged = {r.data.tags.get("dvc_exp_name") for r in runs}
-    assert {"lam-1e-3", "steps-2"} <= tagged
+    assert {"lam-1e-3", "steps-2", "student"} <= tagged
+    student = next(
+        r for r in runs if r.data.tags.get("dvc_exp_name") == "student" and "sample" in r.info.run_name
+    )
+    distill = client.get_run(student.data.tags["mlflow.parentRunId"])  # the student's samples sit under
+    assert distill.data.tags["stage"] == "distill"  # its distillation run, itself under the training run
+    assert client.get_run(distill.data.tags["mlflow.parentRunId"]).data.tags["stage"] == "train"
 
 
 def test_ablation_table_runs_as_experiments_and_reports_from_mlflow(project, tmp_path):
@@ -234,7 +260,7 @@ def test_ablation_table_runs_as_experiments_and_reports_from_mlflow(project, tmp
     # The stage runs of the pipeline's own experiment say what they are too.
     stage_runs = client.search_runs([client.get_experiment_by_name("reactdiff").experiment_id])
     names = {r.info.run_name for r in stage_runs}
-    assert "train · seed 0" in names and any(n.startswith("sample sde-") for n in names)
+    assert "train · seed 0" in names and any(n.startswith("sample teacher-sde-") for n in names)
 
     # Resumable: a second run finds every variant and seed recorded and runs nothing.
     again = _run(args, dest, env)
@@ -380,7 +406,7 @@ def test_stages_log_to_a_shared_tracking_server_on_postgresql(project, tmp_path)
         assert sample.data.tags["mlflow.parentRunId"] == train.info.run_id  # nested under its model
         assert "all.FRCorr" in sample.data.metrics  # evaluate logged into the sampling run
         model = Path(client.download_artifacts(train.info.run_id, "model/reactdiff.pt", str(tmp_path)))
-        assert model.read_bytes() == (dest / "models" / "reactdiff.pt").read_bytes()
+        assert model.read_bytes() == (dest / "models" / "teacher" / "reactdiff.pt").read_bytes()
         assert list((tmp_path / "artifacts").rglob("reactdiff.pt"))  # the server's artifact store has it
     finally:
         try:

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from reactdiff.model import Conditions, Denoiser, NetworkConfig, build_denoiser
+from reactdiff.noise import karras_sigmas
 from reactdiff.prior import WindowPrior
+from reactdiff.samplers import sample_dpmpp_2m
 
 W, D = 6, 4
 
@@ -41,6 +43,36 @@ def test_skip_is_the_wiener_filter_of_the_full_covariance(sigma: float) -> None:
     centred = (x - prior.mean).reshape(3, -1)
     expected = (cov @ torch.linalg.solve(cov + sigma**2 * torch.eye(W * D), centred.T)).T
     torch.testing.assert_close(prior.skip(x, sigma), expected.reshape(3, W, D) + prior.mean)
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.3, 7.0])
+def test_flow_is_the_square_root_of_the_wiener_gain_of_the_full_covariance(sigma: float) -> None:
+    prior = random_prior(2)
+    cov = full_covariance(prior)
+    values, vectors = torch.linalg.eigh(cov)
+    gain = vectors @ torch.diag((values / (values + sigma**2)).sqrt()) @ vectors.T  # C^1/2 (C + s^2)^-1/2
+    x = torch.randn(3, W, D, dtype=torch.float64)
+    expected = ((x - prior.mean).reshape(3, -1) @ gain.T).reshape(3, W, D) + prior.mean
+    torch.testing.assert_close(prior.flow(x, sigma), expected)
+    assert torch.equal(prior.flow(x, 0.0), x)
+
+
+def test_the_gaussian_denoisers_ode_trajectory_is_the_flow() -> None:
+    # The Wiener filter is the exact denoiser of the prior's Gaussian windows: DPM-Solver++(2M) solving
+    # its probability-flow ODE from sigma_max follows the closed form that flow() continues to sigma = 0.
+    prior = random_prior(3)
+    prior.eigvals.clamp_(min=1e-2)  # a direction of variance 1e-4 is too stiff for 200 steps
+    x_T = 80.0 * torch.randn(4, W, D, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    sigmas = karras_sigmas(200).double()[:-1]  # stop at sigma_min
+    end = sample_dpmpp_2m(lambda x, sigma, cond: prior.skip(x, sigma), x_T, sigmas)
+    values, vectors = torch.linalg.eigh(full_covariance(prior))
+
+    def along(sigma: float) -> torch.Tensor:  # the trajectory's point at sigma, in closed form
+        gain = vectors @ torch.diag(((values + sigma**2) / (values + 80.0**2)).sqrt()) @ vectors.T
+        return ((x_T - prior.mean).reshape(4, -1) @ gain.T).reshape(4, W, D) + prior.mean
+
+    torch.testing.assert_close(end, along(float(sigmas[-1])), atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(prior.flow(x_T, 80.0), along(0.0))
 
 
 @pytest.mark.parametrize("sigma", [0.01, 0.3, 7.0])

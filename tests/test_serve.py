@@ -108,6 +108,32 @@ def test_a_conversation_gets_what_the_generator_gives(denoiser, stats):
         np.testing.assert_allclose(_reactions(got), want, atol=1e-5)
 
 
+def test_a_student_conversation_runs_the_students_recipe_unless_the_start_message_says_otherwise(
+    denoiser, stats
+):
+    # The service of a distilled student: 4 consistency steps and no guidance pass by default.
+    counting = CountingDenoiser(denoiser)
+    counting.config = denoiser.config
+    face, audio = _speaker(1)
+    student = ServeConfig(recipe=SampleParams(model="student"))
+    with _client(counting, stats, recipe=student.recipe) as client, client.websocket_connect("/listen") as ws:
+        ws.send_json({"type": "start", "samples": 2, "seed": 5})
+        ws.receive_json()
+        ws.send_json(_window(face, audio, 0))
+        got = _reactions(ws.receive_json())
+    assert (counting.calls, counting.rows) == (4, 4 * 2)  # one row per sample per step: unguided
+    want = OnlineReactionGenerator(
+        denoiser,
+        stats,
+        samples=2,
+        seed=5,
+        device="cpu",
+        encoder=LogMelProsodyEncoder(),
+        **SampleParams(model="student").recipe(),
+    ).step(face[:W], audio[: W * HOP])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_concurrent_conversations_share_denoiser_calls_and_keep_their_reactions(denoiser, stats):
     counting = CountingDenoiser(denoiser)
     counting.config = denoiser.config

@@ -12,16 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from reactdiff import atomic, training
-from reactdiff.corpus import Example, SplitIndex
-from reactdiff.features import (
-    EXAMPLES_FILE,
-    FRAMES_FILE,
-    ClipFeatures,
-    NormStats,
-    examples_table,
-    frames_table,
-)
+from reactdiff import training
 from reactdiff.losses import LossConfig
 from reactdiff.model import build_denoiser
 from reactdiff.samplers import sample
@@ -37,8 +28,8 @@ from reactdiff.training import (
     train,
     validation_loss,
 )
-from reactdiff.training.data import _WindowSampler
-from reactdiff.windows import WindowDataset, build_split_windows, write_split_windows
+from reactdiff.training.data import WindowSampler
+from reactdiff.windows import WindowDataset
 
 A = 4  # audio feature size
 W = 16
@@ -53,42 +44,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _clip(clip_id: str, n: int, rng: np.random.Generator, phase: float) -> ClipFeatures:
-    # Smooth, low-dimensional motion (a few sinusoids mixed into 58 dims) plus a little noise: learnable
-    # structure, so the loss has somewhere to go.
-    t = np.arange(n, dtype=np.float32)[:, None] / 25.0
-    basis = np.concatenate([np.sin(2 * np.pi * f * t + phase) for f in (0.3, 0.7, 1.1)], axis=1)  # [n, 3]
-    mix = np.random.default_rng(0).normal(size=(3, 58)).astype(np.float32)  # shared across clips
-    face = basis @ mix + 0.05 * rng.normal(size=(n, 58)).astype(np.float32)
-    audio = np.concatenate([basis, rng.normal(size=(n, A - 3))], axis=1).astype(np.float32)
-    return ClipFeatures(clip_id, face.astype(np.float32), audio, np.zeros((n, 25), np.float32))
-
-
-@pytest.fixture(scope="module")
-def windows_dir(tmp_path_factory) -> Path:
-    """A real windows split (memory-mapped Arrow) of two dyads, both directions, 120 frames each."""
-    root = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(1)
-    ids = ["S/s1/P1/1", "S/s1/P2/1", "S/s2/P1/1", "S/s2/P2/1"]
-    clips = [_clip(c, 120, rng, phase=i) for i, c in enumerate(ids)]
-    examples = [
-        Example(0, ids[0], ids[1], "S/s1"),
-        Example(1, ids[2], ids[3], "S/s2"),
-        Example(2, ids[1], ids[0], "S/s1"),
-        Example(3, ids[3], ids[2], "S/s2"),
-    ]
-    index = SplitIndex(root, "train", [(ids[0], ids[1]), (ids[2], ids[3])], examples, None)
-    features = root / "features" / "train"
-    atomic.write_parquet(frames_table(clips, "test", A), features / FRAMES_FILE)
-    atomic.write_parquet(examples_table(index, set(ids), {}), features / EXAMPLES_FILE)
-    stats = NormStats.from_arrays(
-        np.concatenate([c.face for c in clips]), np.concatenate([c.audio for c in clips])
-    )
-    out = root / "windows" / "train"
-    write_split_windows(build_split_windows(features, stats, w=W, stride=4), out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -165,20 +120,20 @@ def test_ema_update_by_hand():
 
 
 def test_sampler_epochs_and_rank_shards():
-    sampler = _WindowSampler(n_windows=10, global_batch=4, seed=3)
+    sampler = WindowSampler(n_windows=10, global_batch=4, seed=3)
     # Steps 0..4 consume exactly two epochs: each a permutation of all windows.
     stream = np.concatenate([sampler.global_indices(s) for s in range(5)])
     assert sorted(stream[:10].tolist()) == list(range(10))
     assert sorted(stream[10:].tolist()) == list(range(10))
     assert not np.array_equal(stream[:10], stream[10:])  # a new order every epoch
-    assert np.array_equal(_WindowSampler(10, 4, 3).global_indices(3), sampler.global_indices(3))
-    assert not np.array_equal(_WindowSampler(10, 4, 4).global_indices(0), sampler.global_indices(0))
+    assert np.array_equal(WindowSampler(10, 4, 3).global_indices(3), sampler.global_indices(3))
+    assert not np.array_equal(WindowSampler(10, 4, 4).global_indices(0), sampler.global_indices(0))
     # Two ranks split each global batch into disjoint halves.
     for step in range(5):
         shards = [sampler.indices(step, rank, 2) for rank in range(2)]
         assert np.array_equal(np.concatenate(shards), sampler.global_indices(step))
     # A batch larger than the data wraps into the next epochs without repeating within an epoch.
-    big = _WindowSampler(3, 7, 0).global_indices(0)
+    big = WindowSampler(3, 7, 0).global_indices(0)
     assert sorted(big[:3].tolist()) == [0, 1, 2] and sorted(big[3:6].tolist()) == [0, 1, 2]
 
 
@@ -216,7 +171,7 @@ def test_checkpoint_round_trip(tmp_path, data):
         optimizer=opt,
         scaler=torch.amp.GradScaler("cpu", enabled=False),
         step=3,
-        rng=training.checkpointing._rng_state(),
+        rng=training.checkpointing.rng_state(),
         config_fingerprint="abc",
         extra={"note": Path("x"), "values": np.arange(2)},
     )

@@ -26,7 +26,7 @@ from reactdiff.training.ema import EMA
 # --------------------------------------------------------------------------------------------------
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     """Global RNG states as tensors and plain values (loadable with ``weights_only=True``)."""
     np_state = np.random.get_state()
     py_version, py_internal, py_gauss = random.getstate()
@@ -46,7 +46,7 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _restore_rng_state(state: dict[str, Any]) -> None:
+def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(
@@ -130,7 +130,8 @@ def load_denoiser(
     device = select_device("auto") if device is None else torch.device(device)
     ckpt = load_checkpoint(path)
     args = ckpt["model_args"]
-    denoiser = Denoiser(ReactionUNet(NetworkConfig(**args["network"])), sigma_data=args["sigma_data"])
+    network = ReactionUNet(NetworkConfig(**args["network"]))
+    denoiser = Denoiser(network, sigma_data=args["sigma_data"], skip=args.get("skip", "wiener"))
     state = ckpt["ema"] if use_ema else ckpt["model"]
     if state is None:
         raise ValueError(f"{path} holds no EMA weights; load it with use_ema=False")

@@ -201,6 +201,6 @@ def _accumulator_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _seed_for(*keys: int) -> int:
+def seed_for(*keys: int) -> int:
     """A 63-bit seed from non-negative integer keys (decorrelated even for adjacent keys)."""
     return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))

@@ -15,7 +15,7 @@ from reactdiff.model import (
 )
 from reactdiff.prior import WindowPrior
 from reactdiff.samplers import sample
-from reactdiff.training.config import _BATCHES, TrainConfig, WindowSource, _seed_for
+from reactdiff.training.config import _BATCHES, TrainConfig, WindowSource, seed_for
 from reactdiff.windows import WindowBatch
 
 # Windows the prior is fitted on, evenly spaced over the split: its ~60k numbers are well determined by
@@ -92,31 +92,50 @@ def rollout_past(
     if rows.size == 0:
         return x0, cond
     device = cond.past.device
-    _, previous = to_model_inputs(data.batch(indices[rows], windows_back=1), device)
-    with torch.no_grad():
-        generated = sample(
-            denoiser,
-            (rows.size, *cond.past.shape[1:]),
-            previous,
-            steps=cfg.rollout_steps,
-            solver="ode",
-            generator=generator,
-            device=device,
-        )
-    generated = generated.to(cond.past.dtype)
+    generated = sample_previous(
+        denoiser, data, indices[rows], device, generator, steps=cfg.rollout_steps, solver="ode"
+    ).to(cond.past.dtype)
     picked = torch.from_numpy(rows).to(device)
-    w = x0.shape[1]
-    ease = rollout_ease(w, cfg.rollout_ease_frames, device=device, dtype=x0.dtype)
+    ease = rollout_ease(x0.shape[1], cfg.rollout_ease_frames, device=device, dtype=x0.dtype)
     gap = generated[:, -1] - cond.past[picked, -1]  # [R, D]
-    frames = torch.from_numpy(data.frames_before(indices[rows])).to(device=device, dtype=x0.dtype)
-    x0, past, history = x0.clone(), cond.past.clone(), cond.listener_history.clone()
+    x0 = x0.clone()
     x0[picked] += gap[:, None, :] * ease[None, :, None]
+    return x0, with_generated_past(cond, data, indices, rows, generated)
+
+
+def sample_previous(
+    denoiser: nn.Module,
+    data: WindowSource,
+    indices: np.ndarray,
+    device: torch.device | str,
+    generator: torch.Generator,
+    **sampler: Any,
+) -> Tensor:
+    """The windows before ``indices`` (each must have one) as ``denoiser`` samples them from their own
+    conditions (the real window before them, their speaker): ``[len(indices), w, D]``. ``sampler``:
+    :func:`reactdiff.samplers.sample`'s settings (steps, solver, ...)."""
+    _, previous = to_model_inputs(data.batch(indices, windows_back=1), device)
+    with torch.no_grad():
+        return sample(
+            denoiser, tuple(previous.past.shape), previous, generator=generator, device=device, **sampler
+        )
+
+
+def with_generated_past(
+    cond: Conditions, data: WindowSource, indices: np.ndarray, rows: np.ndarray, generated: Tensor
+) -> Conditions:
+    """``cond`` with the past of rows ``rows`` replaced by ``generated`` ``[R, w, D]``, and their listener
+    history counting the generated past in place of the real one (``indices``: the batch's windows)."""
+    device = cond.past.device
+    picked = torch.from_numpy(rows).to(device)
+    frames = torch.from_numpy(data.frames_before(indices[rows])).to(device=device, dtype=cond.past.dtype)
+    past, history = cond.past.clone(), cond.listener_history.clone()
     history[picked] += (generated.sum(dim=1) - cond.past[picked].sum(dim=1)) / frames[:, None]
     past[picked] = generated
-    return x0, dataclasses.replace(cond, past=past, history=history)
+    return dataclasses.replace(cond, past=past, history=history)
 
 
-class _WindowSampler:
+class WindowSampler:
     """Global batch of step ``s``: positions ``[s * B, (s + 1) * B)`` of a stream of seeded epoch orders."""
 
     def __init__(self, n_windows: int, global_batch: int, seed: int) -> None:
@@ -129,7 +148,7 @@ class _WindowSampler:
 
     def permutation(self, epoch: int) -> np.ndarray:
         if epoch not in self._cache:
-            gen = torch.Generator().manual_seed(_seed_for(self.seed, _BATCHES, epoch))
+            gen = torch.Generator().manual_seed(seed_for(self.seed, _BATCHES, epoch))
             if len(self._cache) >= 2:  # a batch spans at most the current and the next epoch
                 self._cache.pop(min(self._cache))
             self._cache[epoch] = torch.randperm(self.n, generator=gen).numpy()

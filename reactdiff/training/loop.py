@@ -27,9 +27,9 @@ from reactdiff.model import (
 )
 from reactdiff.training.checkpointing import (
     _model_args,
-    _restore_rng_state,
-    _rng_state,
     load_checkpoint,
+    restore_rng_state,
+    rng_state,
     save_checkpoint,
 )
 from reactdiff.training.config import (
@@ -41,10 +41,10 @@ from reactdiff.training.config import (
     WindowSource,
     _accumulator_dtype,
     _plain,
-    _seed_for,
     config_fingerprint,
+    seed_for,
 )
-from reactdiff.training.data import _WindowSampler, evenly_spaced, fit_prior, rollout_past, to_model_inputs
+from reactdiff.training.data import WindowSampler, evenly_spaced, fit_prior, rollout_past, to_model_inputs
 from reactdiff.training.distributed import DistInfo, _barrier, ddp_context, dist_info
 from reactdiff.training.ema import EMA
 from reactdiff.windows import WindowBatch
@@ -98,7 +98,7 @@ def validation_loss(
         if j % info.world_size != info.rank:
             continue
         x0, cond = to_model_inputs(data.batch(indices[start : start + chunk]), device)
-        gen.manual_seed(_seed_for(seed, _VALIDATION, j))
+        gen.manual_seed(seed_for(seed, _VALIDATION, j))
         with autocast or contextlib.nullcontext():
             terms = training_loss(denoiser, x0, cond, loss_cfg, gen)
         b = x0.shape[0]
@@ -296,7 +296,7 @@ class _Trainer:
             self.model = DistributedDataParallel(
                 self.denoiser, device_ids=[device.index] if device.type == "cuda" else None
             )
-        self.sampler = _WindowSampler(len(train_data), self.global_batch, cfg.seed)
+        self.sampler = WindowSampler(len(train_data), self.global_batch, cfg.seed)
         self.noise_gen = torch.Generator()  # CPU: training_loss draws on CPU, so runs agree across devices
         self.rollout_gen = torch.Generator()
         self.params = [p for p in self.denoiser.parameters() if p.requires_grad]
@@ -324,7 +324,7 @@ class _Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if fp16 and ckpt["scaler"]:
             self.scaler.load_state_dict(ckpt["scaler"])
-        _restore_rng_state(ckpt["rng"])
+        restore_rng_state(ckpt["rng"])
         step = int(ckpt["step"])
         _say(self.info, f"resuming {self.checkpoint_path} at step {step}")
         return step, False
@@ -362,10 +362,10 @@ class _Trainer:
         """One step of AdamW on eq. 10, its streams keyed by the step (module docstring)."""
         cfg, info = self.cfg, self.info
         x0, cond = to_model_inputs(batch, self.device)
-        self.noise_gen.manual_seed(_seed_for(cfg.seed, _NOISE, info.rank, step))
-        torch.manual_seed(_seed_for(cfg.seed, _DROPOUT, info.rank, step))
+        self.noise_gen.manual_seed(seed_for(cfg.seed, _NOISE, info.rank, step))
+        torch.manual_seed(seed_for(cfg.seed, _DROPOUT, info.rank, step))
         if cfg.rollout_prob > 0 and step >= cfg.rollout_start:
-            self.rollout_gen.manual_seed(_seed_for(cfg.seed, _ROLLOUT, info.rank, step))
+            self.rollout_gen.manual_seed(seed_for(cfg.seed, _ROLLOUT, info.rank, step))
             indices = self.sampler.indices(step, info.rank, info.world_size)
             x0, cond = rollout_past(
                 self.ema.shadow, self.train_data, indices, x0, cond, cfg, self.rollout_gen
@@ -448,7 +448,7 @@ class _Trainer:
                 optimizer=self.optimizer,
                 scaler=self.scaler,
                 step=step,
-                rng=_rng_state(),
+                rng=rng_state(),
                 config_fingerprint=self.fingerprint,
                 extra=self.extra,
             )
