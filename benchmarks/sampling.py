@@ -339,7 +339,7 @@ def main() -> None:
                 f"- {preset}: {mine[0].params_m:.2f} M parameters, {mine[0].gflops_eval_row:.4f} GFLOPs per "
                 f"network evaluation of one row (one window of one sample at one noise level)."
             )
-    paper = [r for r in rows if r.preset == "paper"]
+    paper = [r for r in rows if r.preset == "paper" and r.model == "teacher"]
     if paper:
         # The paper's own setting (50 steps, M = 10) when measured, else the most expensive one measured.
         paper_setting = [r for r in paper if (r.steps, r.samples) == (50, 10)]
