@@ -425,7 +425,8 @@ def workspace_snapshot(params_path: Path) -> dict[Path, bytes]:
     The cached outputs come back with ``dvc checkout`` once ``dvc.lock`` is restored; the metrics,
     plots and reports that DVC leaves to git (``cache: false``) are restored from this snapshot.
     """
-    tracked = _git("ls-files", "--", *GIT_TRACKED_DIRS).splitlines()
+    # Untracked files too: an output a newer stage writes (metrics/sample.json) before it is committed.
+    tracked = _git("ls-files", "-co", "--exclude-standard", "--", *GIT_TRACKED_DIRS).splitlines()
     paths = [params_path, Path("dvc.lock"), *(Path(p) for p in tracked)]
     return {p: p.read_bytes() for p in paths if p.is_file()}
 

@@ -98,6 +98,9 @@ def run_stage(main: Callable[[], None], stage: str) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)
+    # Ctrl-C too, explicitly: a stage started from a background job inherits SIGINT ignored (POSIX
+    # shells set it so for `cmd &`), and would otherwise run to the end through an interrupt.
+    signal.signal(signal.SIGINT, interrupted)
     try:
         main()
     except UserError as err:

@@ -138,6 +138,8 @@ class AblationTable:
     """The paper's columns for this table (``FVD`` stands for the realism columns)."""
     claims: tuple[Claim, ...] = field(default_factory=tuple)
     sampling_only: bool = False
+    note: str = ""
+    """What the reader must know to compare the table with the paper's, printed under its title."""
     paper_label: Callable[[Mapping[str, Any]], Any] | None = None
     """The row label of a paper row, when its ``variant`` alone does not name it (Table 16 has two
     "ReactDiff" rows, at 50 and at 10 steps)."""
@@ -232,7 +234,15 @@ def _interior_peak(metric: str) -> Callable[[Rows], str]:
 
 
 def _table(
-    key: str, name: str, title: str, variants, metrics, claims=(), sampling_only=False, paper_label=None
+    key: str,
+    name: str,
+    title: str,
+    variants,
+    metrics,
+    claims=(),
+    sampling_only=False,
+    paper_label=None,
+    note="",
 ):
     return AblationTable(
         key=key,
@@ -243,6 +253,7 @@ def _table(
         claims=tuple(claims),
         sampling_only=sampling_only,
         paper_label=paper_label,
+        note=note,
     )
 
 
@@ -430,6 +441,11 @@ TABLES: tuple[AblationTable, ...] = (
         ],
         sampling_only=True,
         paper_label=lambda row: _TABLE16_ROWS.get((row["variant"], row.get("steps"))),
+        note=(
+            "Our cost columns are the campaign's model (the params' preset) on the machine that ran it, one "
+            "conversation at M = 10 (`metrics/sample.json`); the paper's are its 84M model on a GTX 1080 "
+            "Ti. `python -m benchmarks.sampling --student` times both presets' teacher and student here."
+        ),
     ),
 )
 
@@ -547,6 +563,8 @@ def build_report(
         columns = [*ours_cols, *realism, "Jitter"]
         header = ["variant", "seeds", *columns, *[f"paper {c}" for c in table.metrics]]
         body += [f"## {table.title}", ""]
+        if table.note:
+            body += [table.note, ""]
         if table_notes and table.name in table_notes:
             body += [table_notes[table.name], ""]
         body += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
