@@ -51,6 +51,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,12 @@ def _n_real(clips: int, real: int | None) -> int:
     return real if real is not None else max(2 * clips, 8)  # real_floor needs two halves of two reactions
 
 
-def _data(clips: int, samples: int, frames: int, neighbours: int, real: int | None = None, seed: int = 0):
+_Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _data(
+    clips: int, samples: int, frames: int, neighbours: int, real: int | None = None, seed: int = 0
+) -> _Arrays:
     """``P [N, M, T, 58]``, ``L [K, T, 58]``, ``S [N, T, 58]`` float32 and ``neighbours`` bool ``[N, K]``."""
     rng = np.random.default_rng(seed)
     width = 15
@@ -111,7 +117,7 @@ def _cache_dir(clips: int, samples: int, frames: int, neighbours: int, real: int
     return DATA_CACHE / f"N{clips}_M{samples}_T{frames}_K{K}_A{neighbours}"
 
 
-def _cached_data(clips: int, samples: int, frames: int, neighbours: int, real: int | None):
+def _cached_data(clips: int, samples: int, frames: int, neighbours: int, real: int | None) -> _Arrays:
     """:func:`_data`, saved once as ``.npy`` files so that every per-metric process reads the same arrays."""
     folder = _cache_dir(clips, samples, frames, neighbours, real)
     names = ("P", "L", "S", "nb")
@@ -122,7 +128,8 @@ def _cached_data(clips: int, samples: int, frames: int, neighbours: int, real: i
             with open(part, "wb") as f:
                 np.save(f, array)
             os.replace(part, folder / f"{name}.npy")  # a half-written file never passes for the data
-    return tuple(np.load(folder / f"{n}.npy") for n in names)
+    P, L, S, nb = (np.load(folder / f"{n}.npy") for n in names)
+    return P, L, S, nb
 
 
 def _rss_mb() -> float:
@@ -305,7 +312,7 @@ def main() -> None:
 
     full_nb = args.full_neighbours if args.full_neighbours is not None else args.neighbours
     scales = [c for c in (args.small_clips, args.clips) if c > 0]
-    results = {c: {} for c in scales}
+    results: dict[int, dict[str, Any]] = {c: {} for c in scales}
     for clips in scales:
         for metric in metrics:
             results[clips][metric] = _measure(args, clips, metric)

@@ -27,6 +27,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -85,7 +86,7 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         renderer = CartoonRenderer(size)
         renderer.render(coeffs[:50])  # warm the body-layer cache
-        seconds = best_of(args.repeats, lambda r=renderer: r.render(coeffs))
+        seconds = best_of(args.repeats, functools.partial(renderer.render, coeffs))
         renderer_fps[size] = round(args.frames / seconds, 1)
     results["renderer_fps"] = renderer_fps
 

@@ -85,9 +85,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="the service's workers (0: its default)")
     args = parser.parse_args()
     if args.guidance is None:
-        from reactdiff.serve import RECIPE
+        from reactdiff.serve import ServeConfig
 
-        args.guidance = RECIPE.guidance_scale
+        args.guidance = ServeConfig().recipe.guidance_scale
 
     import httpx
     import psutil

@@ -38,8 +38,9 @@ DEFAULT_STEPS = {"demo": 30, "paper": 3}
 class SyntheticWindows:
     """Random normalised windows with the :class:`reactdiff.windows.WindowDataset` interface.
 
-    A pool of ``frames`` random frames; window ``i`` is rows ``[i, i + w)`` and its past window the ``w``
-    rows before (clamped at 0), gathered per batch exactly like the memory-mapped dataset.
+    A pool of ``frames`` random frames, one conversation; window ``i`` is rows ``[i, i + w)`` and its past
+    window the ``w`` rows before (clamped at 0), gathered per batch exactly like the memory-mapped dataset.
+    Window ``i`` has a previous window (``i - w``, for rollouts) when ``i >= w``.
     """
 
     def __init__(self, windows: int = 2048, w: int = 16, audio_dim: int = 768, seed: int = 0) -> None:
@@ -58,8 +59,16 @@ class SyntheticWindows:
     def audio_dim(self) -> int:
         return int(self._audio.shape[1])
 
-    def batch(self, indices: np.ndarray) -> WindowBatch:
-        indices = np.asarray(indices, dtype=np.int64)
+    def frames_before(self, indices: np.ndarray) -> np.ndarray:
+        return np.asarray(indices, dtype=np.int64)
+
+    def has_previous(self, indices: np.ndarray) -> np.ndarray:
+        return self.frames_before(indices) >= self.w
+
+    def batch(self, indices: np.ndarray, windows_back: int = 0) -> WindowBatch:
+        indices = np.asarray(indices, dtype=np.int64) - windows_back * self.w
+        if (indices < 0).any():
+            raise ValueError(f"windows {np.flatnonzero(indices < 0)} have no window {windows_back} back")
         rows = indices[:, None] + np.arange(self.w)
         past = np.maximum(rows - self.w, 0)
         return WindowBatch(

@@ -264,7 +264,10 @@ def record_variant(
         raise RuntimeError(f"experiment {exp_name} ({rev[:7]}) has no metrics/evaluate.json: did it fail?")
     evaluation = json.loads(files["metrics/evaluate.json"])
     training = json.loads(files["metrics/train.json"] or "{}")
-    params = tracking.flatten(load_yaml(files["params.yaml"]))
+    params_text = files["params.yaml"]
+    if params_text is None:
+        raise RuntimeError(f"experiment {exp_name} ({rev[:7]}) has no params.yaml")
+    params = tracking.flatten(load_yaml(params_text))
     tags = {
         "reactdiff.role": "variant",
         "reactdiff.table": table.name,
@@ -300,9 +303,10 @@ def record_variant(
     tracking.log_datasets(DATASETS, run_id=run_id, lock_text=files["dvc.lock"])
     with tempfile.TemporaryDirectory() as tmp:
         for path in ("plots/train_loss.csv", "reports/evaluate.md"):
-            if files[path] is not None:
+            text = files[path]
+            if text is not None:
                 local = Path(tmp) / Path(path).name
-                local.write_text(files[path])
+                local.write_text(text)
                 client.log_artifact(run_id, str(local), artifact_path=str(Path(path).parent))
         if curve:
             png = Path(tmp) / "train_loss.png"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
+from typing import Any
 
 from pipelines import tracking
 from pipelines.flows import StageTimer, run_stage
@@ -43,7 +44,7 @@ def main() -> None:
     val_data = WindowDataset(WINDOWS / "val", params.windows.initial_past, speaker_history=history)
     teacher_digest = hashlib.sha256(TEACHER.read_bytes()).hexdigest()[:16]
     interval = params.sample.guidance_interval
-    guidance = dict(
+    guidance: dict[str, Any] = dict(
         guidance_scale=params.sample.guidance_scale,
         guidance_interval=None if interval is None else (interval[0], interval[1]),
     )

@@ -28,7 +28,7 @@ def worker_count(requested: int) -> int:
         return max(os.cpu_count() or 1, 1)
 
 
-def make_task_runner(kind: str, workers: int, dask_address: str | None = None) -> TaskRunner:
+def make_task_runner(kind: str, workers: int, dask_address: str | None = None) -> TaskRunner[Any]:
     """``thread`` (default; numpy, scipy and torch release the GIL), ``process``, or ``dask``: on the
     scheduler at ``dask_address`` (or ``PREFECT_DASK_ADDRESS``), else on a local cluster started here.
     A cluster's workers must see the project's folder at the same path (they read and write its files)."""

@@ -281,7 +281,7 @@ def main() -> None:
             tracking.log_datasets({str(FEATURES): "evaluation"})
             mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
             mlflow.log_metrics({f"online.{k}": float(v) for k, v in cost.items() if isinstance(v, float)})
-            run_id = mlflow.active_run().info.run_id
+            run_id = tracking.active_run_id()
             tracking.write_run_file(run_id, out / RUN_FILE.name, parent_run_id=parent)
     atomic.write_json(cost, METRICS)
     shutil.rmtree(scratch)

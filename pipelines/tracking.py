@@ -118,6 +118,16 @@ def start_run(
     return mlflow.start_run(experiment_id=experiment, run_name=run_name(stage, detail, seed), tags=tags)
 
 
+def active_run_id() -> str:
+    """The id of the run this process has open (:func:`start_run`); an error when none is."""
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("no MLflow run is active: start one with tracking.start_run() or pass run_id")
+    return run.info.run_id
+
+
 def content_digest(root: Path, length: int = 32) -> str:
     """SHA-256 over the relative paths and bytes of every file under ``root``, in path order."""
     digest = hashlib.sha256()
@@ -169,24 +179,22 @@ def log_datasets(
         dataset = Dataset(name=path, digest=digest, source_type="local", source=source)
         inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", context)]))
         digests[path] = digest
-    run_id = run_id or mlflow.active_run().info.run_id
-    mlflow.MlflowClient(tracking_uri()).log_inputs(run_id, datasets=inputs)
+    mlflow.MlflowClient(tracking_uri()).log_inputs(run_id or active_run_id(), datasets=inputs)
     return digests
 
 
 def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
     """Log ``params`` flattened, to the active run or to ``run_id`` (a run not started in this process)."""
     import mlflow
+    from mlflow.entities import Param
 
     items = list(flatten(params).items())
-    client = mlflow.MlflowClient(tracking_uri()) if run_id is not None else None
+    client = mlflow.MlflowClient(tracking_uri())
     for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
         chunk = dict(items[start : start + 100])
-        if client is None:
+        if run_id is None:
             mlflow.log_params(chunk)
         else:
-            from mlflow.entities import Param
-
             client.log_batch(run_id, params=[Param(k, str(v)) for k, v in chunk.items()])
 
 

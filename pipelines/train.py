@@ -114,7 +114,7 @@ def main() -> None:
         f"{cfg.steps} steps of {cfg.batch_size}; checkpoint {scratch}"
     )
     result = train(cfg, train_data, val_data, scratch, log=log if rank0 else None, data_id=windows_id)
-    if not rank0:
+    if run is None:  # a worker rank: rank 0 writes the model and records the run
         return
 
     import mlflow

@@ -592,10 +592,10 @@ def build_report(
                     )
         body += ["", "| claim of the paper | on our numbers | on the paper's numbers |", "|---|---|---|"]
         for claim in table.claims:
-            mine, theirs = claim.check(ours), claim.check(paper)
-            ours_verdicts.append(mine)
-            paper_verdicts.append(theirs)
-            body.append(f"| {claim.text} | {mine} | {theirs} |")
+            on_ours, on_paper = claim.check(ours), claim.check(paper)
+            ours_verdicts.append(on_ours)
+            paper_verdicts.append(on_paper)
+            body.append(f"| {claim.text} | {on_ours} | {on_paper} |")
         body.append("")
     summary = [
         f"Claims of the paper, judged on our numbers: {_count(ours_verdicts)}.",

@@ -173,7 +173,7 @@ def _audio_span(signal: np.ndarray, signal_offset: int, start: int, stop: int, d
 
     Samples outside the signal are zeros. Returns ``[stop - start]``.
     """
-    out = np.zeros(stop - start, dtype=dtype)
+    out: np.ndarray = np.zeros(stop - start, dtype=dtype)
     lo = max(start, signal_offset)
     hi = min(stop, signal_offset + len(signal))
     if hi > lo:

@@ -380,7 +380,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
 
 def load_params(path: Path | str | None = None) -> Params:
     """Read and validate the params file (``$REACTDIFF_PARAMS`` or ``params.yaml`` by default)."""
-    path = Path(path or os.environ.get("REACTDIFF_PARAMS", DEFAULT_PARAMS))
+    path = Path(path or os.environ.get("REACTDIFF_PARAMS") or DEFAULT_PARAMS)
     if not path.exists():
         raise ConfigError(f"{path}: not found; run the stage from the project root or set REACTDIFF_PARAMS")
     try:

@@ -50,16 +50,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from reactdiff import atomic
+from reactdiff.conditions import Conditions
 from reactdiff.config import DistillParams
 from reactdiff.devices import select_device
-from reactdiff.model import Conditions, Denoiser, NetworkConfig, ReactionUNet, count_parameters
+from reactdiff.model import Denoiser, NetworkConfig, ReactionUNet, count_parameters
 from reactdiff.noise import SIGMA_MAX, SIGMA_MIN, karras_sigmas, sample_training_sigmas
 from reactdiff.samplers import Denoiser as DenoiserFn
 from reactdiff.samplers import guided, sample_dpmpp_2m
@@ -103,7 +104,7 @@ _BATCHES, _NOISE, _VALIDATION, _POOL = 11, 12, 13, 14
 _POOL_CHUNK = 500  # windows whose trajectories the teacher solves in one batch
 
 
-def distilled_or_trained(checkpoint: Path | str) -> str:
+def distilled_or_trained(checkpoint: Path | str) -> Literal["teacher", "student"]:
     """``"student"`` for a checkpoint :func:`distill` wrote, ``"teacher"`` for one of the training loop: the
     ``sample.model`` whose recipe (steps, solver, guidance) the network is meant to run with."""
     return "student" if "distill" in (load_checkpoint(checkpoint).get("extra") or {}) else "teacher"
@@ -317,7 +318,7 @@ def distill(
     return DistillResult(
         history=history,
         val=val,
-        student=run.ema.shadow,
+        student=cast(Denoiser, run.ema.shadow),
         teacher_parameters=run.teacher_parameters,
         student_parameters=count_parameters(run.student),
         checkpoint=run.path,
@@ -347,7 +348,7 @@ class _TrajectoryPool:
 
     def refresh(self, index: int) -> None:
         run, cfg = self.run, self.run.cfg
-        sampler = run.ema.shadow
+        sampler = cast(Denoiser, run.ema.shadow)
         if self.resumed is not None and self.resumed["index"] == index:
             # The pool an interrupted run was in the middle of: its pasts came from the EMA of then.
             sampler = copy.deepcopy(sampler)

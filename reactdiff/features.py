@@ -262,10 +262,9 @@ class NormStats:
     @classmethod
     def load(cls, path: Path) -> NormStats:
         raw = json.loads(Path(path).read_text())
-        return cls(
-            *(np.asarray(raw[k], np.float32) for k in ("face_mean", "face_std", "audio_mean", "audio_std")),
-            frames=int(raw.get("frames", 0)),
-        )
+        names = ("face_mean", "face_std", "audio_mean", "audio_std")
+        arrays = {k: np.asarray(raw[k], np.float32) for k in names}
+        return cls(**arrays, frames=int(raw.get("frames", 0)))
 
 
 def file_sha256(path: Path) -> str:

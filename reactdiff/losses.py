@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from reactdiff.conditions import Conditions
 from reactdiff.config import Params
 from reactdiff.layout import N_EXPRESSION
-from reactdiff.model import Conditions
 from reactdiff.noise import SIGMA_DATA, late_step_threshold, sample_training_sigmas
 
 __all__ = [

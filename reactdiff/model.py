@@ -50,20 +50,20 @@ inputs at all.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reactdiff.conditions import Conditions
 from reactdiff.layout import N_COEFFS
 from reactdiff.noise import SIGMA_DATA
 from reactdiff.prior import WindowPrior
 
 __all__ = [
     "SKIP_PATHS",
-    "Conditions",
     "NetworkConfig",
     "PRESETS",
     "network_config",
@@ -72,129 +72,6 @@ __all__ = [
     "build_denoiser",
     "count_parameters",
 ]
-
-
-# --------------------------------------------------------------------------------------------------
-# Conditions
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Conditions:
-    """Everything the denoiser conditions on besides ``x`` and ``sigma``; all coefficient tensors normalised.
-
-    - ``speaker_face``: ``[batch, H + w, 58]`` speaker 3DMM coefficients of the current window, after the
-      ``H`` frames before it (``NetworkConfig.speaker_history``; 0 in the paper's formulation).
-    - ``speaker_audio``: ``[batch, H + w, audio_dim]`` speaker audio features aligned to the same frames.
-    - ``past``: ``[batch, w, 58]`` the previous listener window (the real one in training, the generated
-      one when sampling).
-    - ``frame_index``: ``[batch]`` long, global index ``h`` of the window's last frame in the conversation.
-    - ``speaker_mask``: ``[batch]`` bool or float; 1 = speaker conditions present, 0 = dropped
-      (classifier-free guidance's unconditional input).
-    - ``history``: ``[batch, 58]`` the mean of the listener's frames from the conversation's start to the
-      window's start; ``None`` stands for the past window's mean (:attr:`listener_history`). One
-      previous window does not tell the listener's own level: a chain of windows conditioned on the
-      previous one only drifts across the levels of all listeners (:mod:`reactdiff.prior`).
-    """
-
-    speaker_face: Tensor
-    speaker_audio: Tensor
-    past: Tensor
-    frame_index: Tensor
-    speaker_mask: Tensor
-    history: Tensor | None = None
-
-    @classmethod
-    def create(
-        cls,
-        speaker_face: Tensor,
-        speaker_audio: Tensor,
-        past: Tensor,
-        frame_index: Tensor | int,
-        speaker_mask: Tensor | None = None,
-        history: Tensor | None = None,
-    ) -> Conditions:
-        """Build conditions with ``speaker_mask`` all ones and ``frame_index`` broadcast to ``[batch]``."""
-        batch, device = speaker_face.shape[0], speaker_face.device
-        index = torch.as_tensor(frame_index, dtype=torch.long, device=device)
-        if index.ndim == 0:
-            index = index.expand(batch).clone()
-        if speaker_mask is None:
-            speaker_mask = torch.ones(batch, device=device)
-        return cls(speaker_face, speaker_audio, past, index, speaker_mask, history)
-
-    @property
-    def batch_size(self) -> int:
-        return self.speaker_face.shape[0]
-
-    @property
-    def listener_history(self) -> Tensor:
-        """``[batch, 58]``: ``history``, or the past window's mean when it is not given."""
-        return self.past.mean(dim=1) if self.history is None else self.history
-
-    def _map(self, fn: Any) -> Conditions:
-        return Conditions(*(None if (v := getattr(self, f.name)) is None else fn(v) for f in fields(self)))
-
-    def drop_speaker(self) -> Conditions:
-        """The same batch with every row's speaker conditions dropped (``speaker_mask = 0``)."""
-        return replace(self, speaker_mask=torch.zeros_like(self.speaker_mask))
-
-    def with_speaker_mask(self, mask: Tensor) -> Conditions:
-        """The same batch with ``speaker_mask`` replaced by ``mask`` ``[batch]``."""
-        if mask.shape != (self.batch_size,):
-            raise ValueError(f"speaker_mask must have shape [{self.batch_size}], got {tuple(mask.shape)}")
-        return replace(self, speaker_mask=mask.to(self.speaker_mask.device))
-
-    def cat(self, other: Conditions) -> Conditions:
-        """Batch concatenation ``[self; other]``. Masks of different dtypes are concatenated as float."""
-        out = {}
-        for f in fields(self):
-            a, b = getattr(self, f.name), getattr(other, f.name)
-            if f.name == "history":
-                if a is None and b is None:
-                    out[f.name] = None
-                    continue
-                a, b = self.listener_history, other.listener_history
-            if f.name == "speaker_mask" and a.dtype != b.dtype:
-                a, b = a.float(), b.float()
-            out[f.name] = torch.cat([a, b], dim=0)
-        return Conditions(**out)
-
-    def to(self, device: torch.device | str) -> Conditions:
-        return self._map(lambda t: t.to(device))
-
-    def index(self, idx: Tensor | slice | int | list[int]) -> Conditions:
-        """Rows ``idx`` of every tensor (an int keeps the batch dimension)."""
-        if isinstance(idx, int):
-            idx = slice(idx, idx + 1)
-        return self._map(lambda t: t[idx])
-
-    def repeat_interleave(self, repeats: int) -> Conditions:
-        """Each row repeated ``repeats`` times in place: rows ``[a, a, ..., b, b, ...]`` (for M samples)."""
-        return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def validate(self, frames: int, coeff_dim: int, audio_dim: int, speaker_history: int = 0) -> None:
-        """Raise ``ValueError`` naming the field whose shape does not fit the network."""
-        b = self.batch_size
-        speaker_frames = speaker_history + frames
-        expected = {
-            "speaker_face": (b, speaker_frames, coeff_dim),
-            "speaker_audio": (b, speaker_frames, audio_dim),
-            "past": (b, frames, coeff_dim),
-            "frame_index": (b,),
-            "speaker_mask": (b,),
-            "listener_history": (b, coeff_dim),
-        }
-        for name, shape in expected.items():
-            got = tuple(getattr(self, name).shape)
-            if got != shape:
-                hint = ""
-                if name.startswith("speaker") and got[:1] == (b,) and len(got) == 3:
-                    hint = (
-                        f" (the network sees {speaker_history} speaker frames before the window: build the "
-                        f"windows with the same speaker_history)"
-                    )
-                raise ValueError(f"Conditions.{name} has shape {got}, expected {shape}{hint}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,6 +205,13 @@ def _sinusoidal(values: Tensor, dim: int, max_period: float = 10_000.0) -> Tenso
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
+def _zero_init(layer: nn.Conv1d | nn.Linear) -> None:
+    """Zero weight and bias: the layer adds nothing at first (a residual branch starts as the identity)."""
+    nn.init.zeros_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
 class _FourierFeatures(nn.Module):
     """Random Fourier features of ``c_noise``: ``[batch] -> [batch, dim]`` (EDM / EDM2 noise embedding).
 
@@ -337,6 +221,8 @@ class _FourierFeatures(nn.Module):
     EDM's NCSN++ used 16, which a small model trained briefly generalises poorly across. The frequencies
     are a fixed buffer drawn from a private generator, so building a model leaves the global RNG alone.
     """
+
+    freqs: Tensor
 
     def __init__(self, dim: int, scale: float) -> None:
         super().__init__()
@@ -401,8 +287,7 @@ class _ResBlock(nn.Module):
         self.emb = nn.Linear(emb_dim, 2 * cout)
         self.drop = nn.Dropout(dropout)
         self.conv2 = _TimeConv(cout, cout, causal)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
+        _zero_init(self.conv2)
         self.skip = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
@@ -422,6 +307,8 @@ class _CrossAttention(nn.Module):
     with the null token first.
     """
 
+    causal: Tensor
+
     def __init__(
         self, channels: int, token_dim: int, heads: int, groups: int, frames: int, level: int, history: int
     ) -> None:
@@ -434,8 +321,7 @@ class _CrossAttention(nn.Module):
         self.q = nn.Conv1d(channels, channels, 1)
         self.kv = nn.Linear(token_dim, 2 * channels)
         self.out = nn.Conv1d(channels, channels, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        _zero_init(self.out)
         starts = history + torch.arange(self.frames_l)[:, None] * (1 << level)
         causal = torch.arange(history + frames)[None, :] <= starts  # [frames_l, H + w]
         self.register_buffer("causal", causal, persistent=False)
@@ -483,8 +369,7 @@ class _SpeakerTokens(nn.Module):
             self.delays = None
             if cfg.speaker_delays > 0:
                 self.delays = nn.Conv1d(dim, dim, cfg.speaker_delays, groups=dim)
-                nn.init.zeros_(self.delays.weight)
-                nn.init.zeros_(self.delays.bias)
+                _zero_init(self.delays)
 
     def forward(self, cond: Conditions, keep: Tensor) -> Tensor:
         b = cond.batch_size
@@ -615,8 +500,7 @@ class ReactionUNet(nn.Module):
         self.out_state = _PastState(cfg.coeff_dim, cfg.lstm_hidden)
         self.out_lstm = nn.LSTM(cur, cfg.lstm_hidden, batch_first=True)
         self.head = nn.Linear(cur + cfg.lstm_hidden, cfg.coeff_dim)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        _zero_init(self.head)
 
     def embedding(self, c_noise: Tensor, frame_index: Tensor) -> Tensor:
         """Block conditioning ``[batch, emb_dim]`` from ``c_noise`` ``[batch]`` and ``h`` ``[batch]``."""
@@ -646,7 +530,7 @@ class ReactionUNet(nn.Module):
 
         skips = []
         for level, blocks in enumerate(self.down):
-            for blk in blocks:
+            for blk in cast(nn.ModuleList, blocks):
                 h = blk(h, emb)
             skips.append(h)
             if level < len(self.downsample):
@@ -659,7 +543,7 @@ class ReactionUNet(nn.Module):
 
         for i, (blocks, attns) in enumerate(zip(self.up, self.up_attn, strict=True)):
             h = torch.cat([h, skips.pop()], dim=1)
-            for blk, attn in zip(blocks, attns, strict=True):
+            for blk, attn in zip(cast(nn.ModuleList, blocks), cast(nn.ModuleList, attns), strict=True):
                 h = blk(h, emb)
                 if not isinstance(attn, nn.Identity):
                     h = attn(h, tokens, keep)

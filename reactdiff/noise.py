@@ -58,14 +58,20 @@ def consistency_sigmas(
     return torch.cat([levels[:-2], levels[-1:]])
 
 
-def late_step_threshold(n_steps: int, last_steps: int = 5, **schedule: float) -> float:
+def late_step_threshold(
+    n_steps: int,
+    last_steps: int = 5,
+    sigma_min: float = SIGMA_MIN,
+    sigma_max: float = SIGMA_MAX,
+    rho: float = RHO,
+) -> float:
     """The largest noise level among the last ``last_steps`` denoising steps of an ``n_steps`` schedule.
 
     The FBK prior is applied only at noise levels at or below this value (paper sec. 4.2: "from t = 5 to
     t = 0"), because at high noise the denoised estimate barely moves and a kinematic constraint there
     pushes samples off the data distribution.
     """
-    sigmas = karras_sigmas(n_steps, **schedule)[:-1]
+    sigmas = karras_sigmas(n_steps, sigma_min, sigma_max, rho)[:-1]
     index = max(len(sigmas) - last_steps, 0)
     return float(sigmas[index])
 

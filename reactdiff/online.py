@@ -63,8 +63,8 @@ from torch import nn
 
 from reactdiff import layout, reference
 from reactdiff.audio import AudioEncoder, encode_causal_window
+from reactdiff.conditions import Conditions
 from reactdiff.features import NormStats
-from reactdiff.model import Conditions
 from reactdiff.noise import SIGMA_DATA
 from reactdiff.samplers import SOLVERS, Denoiser, sample
 
@@ -199,7 +199,10 @@ class OnlineReactionGenerator:
         self.solver = solver
         self.eta = float(eta)
         self.guidance_scale = float(guidance_scale)
-        self.guidance_interval = None if guidance_interval is None else tuple(map(float, guidance_interval))
+        self.guidance_interval: tuple[float, float] | None = None
+        if guidance_interval is not None:
+            lo, hi = (float(v) for v in guidance_interval)
+            self.guidance_interval = (lo, hi)
         self.seed = int(seed)
         self.seeds: list[int] = []
         self.encoder = encoder

@@ -98,7 +98,7 @@ class WindowPrior(nn.Module):
         prior.marginal_variance.fill_(float(sigma_data) ** 2)
         return prior
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Priors saved before the history regressor existed predicted from the previous window only.
         state_dict.setdefault(prefix + "history_gain", torch.zeros_like(self.history_gain))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -111,7 +111,8 @@ class WindowPrior(nn.Module):
         history: np.ndarray | Tensor | None = None,
     ) -> WindowPrior:
         """Fit to windows ``[N, w, D]`` (the normalised train listener windows), their previous windows
-        and the listener's means before them (``history`` ``[N, D]``, :class:`reactdiff.model.Conditions`).
+        and the listener's means before them (``history`` ``[N, D]``, as in
+        :class:`reactdiff.conditions.Conditions`).
 
         The mean and the axes come from all ``N * w`` frames. Per axis, the covariances of the window,
         the previous one and the history give the regression ``past_gain``, ``history_gain`` and the

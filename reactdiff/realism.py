@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ from torch.nn import functional as F
 from reactdiff import atomic, checkpoints
 from reactdiff.config import RealismParams
 from reactdiff.devices import select_device
-from reactdiff.metrics import SUBSETS, resolve_subsets
+from reactdiff.metrics import SUBSETS, SubsetSpec, resolve_subsets
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -315,7 +316,7 @@ class RealismEncoder:
 def train_realism_encoder(
     listener: np.ndarray,
     config: RealismConfig,
-    subsets: Mapping[str, object] | None = None,
+    subsets: SubsetSpec | None = None,
     device: str = "auto",
 ) -> RealismEncoder:
     """Train one encoder per subset on real listener reactions ``[K, T, 58]`` (FaceVerse units).
@@ -334,12 +335,13 @@ def train_realism_encoder(
         )
     if K < 2:
         raise ValueError(f"the realism encoder needs at least 2 real reactions, got {K}")
-    cols = resolve_subsets(dict(subsets) if subsets is not None else SUBSETS, D)
+    cols = resolve_subsets(subsets if subsets is not None else SUBSETS, D)
     flat = listener.reshape(-1, D)
     mean, std = flat.mean(axis=0), np.maximum(flat.std(axis=0), STD_FLOOR)
     normalised = ((listener - mean) / std).astype(np.float32)
     dev = select_device(device)
-    models, stats = {}, {}
+    models: dict[str, tuple[np.ndarray, TemporalEncoder]] = {}
+    stats: dict[str, Any] = {}
     for i, (name, idx) in enumerate(cols.items()):
         start = time.perf_counter()
         with _torch_threads(1):

@@ -119,7 +119,9 @@ def guided(denoiser: Denoiser, scale: float, interval: tuple[float, float] | Non
         uncond_cond = cond.drop_speaker()
         if scale == 0:
             out = denoiser(x, sigma, uncond_cond)
-            conditional = None if inside is None else denoiser(x, sigma, cond)
+            if inside is None:
+                return out
+            conditional = denoiser(x, sigma, cond)
         else:
             both = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), cond.cat(uncond_cond))
             conditional, unconditional = both.chunk(2)

@@ -63,10 +63,10 @@ from starlette.concurrency import run_in_threadpool
 
 from reactdiff import layout, reference
 from reactdiff.audio import AudioEncoder, build_encoder
+from reactdiff.conditions import Conditions
 from reactdiff.config import SampleParams
 from reactdiff.demo import DemoSession, WindowPainter, page, render_options
 from reactdiff.features import NormStats
-from reactdiff.model import Conditions
 from reactdiff.online import NonFiniteOutput, OnlineReactionGenerator, RejectedInput
 from reactdiff.serve_pool import ConversationFailed, ProcessConversations
 
@@ -77,7 +77,7 @@ class BatchingDenoiser:
     """One network, many callers: denoiser calls arriving together (from threads) run as one batch.
 
     A caller's call waits until a worker takes every pending call, concatenates their rows (``x``,
-    ``sigma`` and the :class:`~reactdiff.model.Conditions` are all per row), runs the wrapped denoiser
+    ``sigma`` and the :class:`~reactdiff.conditions.Conditions` are all per row), runs the wrapped denoiser
     once and hands each caller its rows back. A row's output depends on that row alone, so a caller gets
     what it would get alone, up to the float rounding of a larger batch.
 
@@ -289,7 +289,7 @@ class LocalConversations:
         self.window = int(first.config.frames) if first.config is not None else 16
 
     async def open(self, options: dict[str, Any]) -> LocalConversation:
-        slot = min(self.load, key=self.load.get)
+        slot = min(self.load, key=self.load.__getitem__)
         generator = open_generator(
             self.batchers[slot], self.stats, self.encoder, self.device, self.window, options
         )

@@ -63,7 +63,10 @@ def _worker_main(conn, denoiser, stats, encoder, device: str, window: int) -> No
             message = conn.recv()
         except EOFError:  # the service is gone
             break
-        kind, ident = message[0], message[1] if len(message) > 1 else None
+        kind = message[0]
+        if kind == "stop":
+            break
+        ident: int = message[1]
         if kind == "open":
             try:
                 generators[ident] = open_generator(batching, stats, encoder, device, window, message[2])
@@ -74,8 +77,6 @@ def _worker_main(conn, denoiser, stats, encoder, device: str, window: int) -> No
             steps.submit(step, ident, message[2], message[3])
         elif kind == "close":
             generators.pop(ident, None)
-        elif kind == "stop":
-            break
     steps.shutdown(wait=False, cancel_futures=True)
 
 

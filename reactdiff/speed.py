@@ -25,7 +25,7 @@ from reactdiff.samplers import CountingDenoiser, Denoiser
 __all__ = ["LSTM_FLOPS", "online_speed"]
 
 
-def _lstm_flops(input_shape, hx, params, *args, out_shape=None, **kwargs) -> int:  # type: ignore[no-untyped-def]
+def _lstm_flops(input_shape, hx, params, *args, out_shape=None, **kwargs) -> int:
     """``aten.lstm``: two FLOPs per multiply-add of the input and recurrent matmuls, every step."""
     steps = math.prod(input_shape[:-1])  # batch * time, whatever batch_first says
     return 2 * steps * sum(math.prod(p) for p in params if len(p) == 2)

@@ -486,10 +486,14 @@ def test_compute_all_uses_the_right_columns(dyads):
     assert res["expression"]["constant_channels"] == 3 * M * 52
     assert res["pose"]["constant_channels"] == 0
     assert math.isnan(res["expression"]["FRSyn"]) and res["expression"]["FRSyn_excluded_reactions"] == 3 * M
-    for name in res:
+    for name, idx in metrics.resolve_subsets(("all", "expression", "pose"), N_COEFFS).items():
         for kind in ("stats", "dynamics"):
-            assert res[name][f"FD_{kind}"] >= 0 and res[name][f"FD_{kind}_real_floor"] >= 0
+            generated = metrics.window_features(P, kind, 20, columns=idx)
+            real = metrics.window_features(L, kind, 20, columns=idx)
+            assert res[name][f"FD_{kind}"] == pytest.approx(metrics.frechet_distance(generated, real))
         assert res[name]["clips_without_neighbours"] == 0
+    # A frozen expression is further from the real ones than real reactions are from each other.
+    assert res["expression"]["FD_dynamics"] > res["expression"]["FD_dynamics_real_floor"] > 0
 
 
 def test_compute_all_threads_give_the_same_results_and_floors(dyads):

@@ -18,9 +18,10 @@ import torch
 from torch import Tensor
 
 from reactdiff.audio import LogMelProsodyEncoder
+from reactdiff.conditions import Conditions
 from reactdiff.features import NormStats
 from reactdiff.layout import MODEL_SAMPLE_RATE, N_COEFFS
-from reactdiff.model import Conditions, build_denoiser
+from reactdiff.model import build_denoiser
 from reactdiff.noise import SIGMA_DATA
 from reactdiff.online import (
     NonFiniteOutput,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from reactdiff.model import Conditions, Denoiser, NetworkConfig, build_denoiser
+from reactdiff.conditions import Conditions
+from reactdiff.model import Denoiser, NetworkConfig, build_denoiser
 from reactdiff.noise import karras_sigmas
 from reactdiff.prior import WindowPrior
 from reactdiff.samplers import sample_dpmpp_2m

@@ -19,8 +19,8 @@ try:  # compiled kernels (backend="numba", the default when installed); without 
     from numba.np.arrayobj import make_array as _make_array
     from numba.np.arrayobj import populate_array as _populate_array
 except ImportError:  # pragma: no cover - exercised only where numba is missing
-    numba = None
-    _nbtypes = _cgutils = _intrinsic = _overload = _make_array = _populate_array = None
+    numba = None  # type: ignore[assignment]
+    _nbtypes = _cgutils = _intrinsic = _overload = _make_array = _populate_array = None  # type: ignore[assignment]
 
 
 def available() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -62,7 +63,7 @@ def compute_all(
     """
     P = _check_reactions(P)
     L, S = np.asarray(L), np.asarray(S)
-    N, M, T, D = P.shape
+    N, _, T, D = P.shape
     if S.shape != (N, T, D) or L.ndim != 3 or L.shape[2] != D:
         raise ValueError(f"shapes disagree: P {P.shape}, L {L.shape} (expected [K, T, {D}]), S {S.shape}")
     cols = resolve_subsets(subsets, D)
@@ -71,55 +72,18 @@ def compute_all(
     no_neighbours = sum(1 for js in lists if js.size == 0)
 
     results: dict[str, dict[str, float]] = {name: {} for name in cols}
-    Entry = tuple[str, str, float]  # (subset, metric, value)
-
-    def per_subset(metric: str, values: Mapping[str, float]) -> list[Entry]:
-        return [(name, metric, float(v)) for name, v in values.items()]
-
-    def syn_entries() -> list[Entry]:
-        syn = _frsyn_counts(P, S, cols, max_lag, const_tol)
-        keys = ("FRSyn", "FRSyn_reactions", "FRSyn_excluded_channels", "FRSyn_excluded_reactions")
-        return [(name, key, float(v[i])) for i, key in enumerate(keys) for name, v in syn.items()]
-
-    def fd_entries(label: str, name: str, fn: str | FeatureFn) -> list[Entry]:
-        idx = cols[name]
-        gen = window_features(P, fn, window, columns=idx)
-        real = window_features(L, fn, window, columns=idx)
-        enough = len(gen) >= 2 and len(real) >= 2
-        fd = frechet_distance(gen, real) if enough else math.nan
-        floor = _floor_from_features(real, len(L), seed) if len(L) >= 4 else math.nan
-        return [(name, f"FD_{label}", fd), (name, f"FD_{label}_real_floor", floor)]
-
-    def diversity_entries() -> list[Entry]:
-        # FRDiv, FRVar, FRDvs, Jitter and the constant channels in one pass over P (two for FRDvs).
-        names = ["var", "constant"] + (["div"] if M >= 2 else []) + (["dvs"] if N >= 2 else [])
-        names += ["jitter"] if T >= 3 else []
-        totals = _diversity_totals(P, names, const_tol)
-        out = per_subset(
-            "FRDiv", _subset_means(totals["div"] / (N * T), cols) if M >= 2 else dict.fromkeys(cols, 0.0)
-        )
-        out += per_subset("FRVar", _subset_means(totals["var"] / (N * M), cols))
-        dvs = _subset_means(totals["dvs"] / (M * T), cols) if N >= 2 else dict.fromkeys(cols, math.nan)
-        out += per_subset("FRDvs", dvs)
-        if T >= 3:
-            out += per_subset("Jitter", _subset_means(totals["jitter"] / (N * M * (T - 2)), cols))
-        constant = totals["constant"]
-        return out + per_subset(
-            "constant_channels", {name: int(constant[idx].sum()) for name, idx in cols.items()}
-        )
-
     dist = frdist(P, L, neighbours, cols, dtw=dtw, band=band, workers=workers, backend=backend)
-    tasks: list[Callable[[], list[Entry]]] = [
-        lambda: per_subset("FRCorr", frcorr(P, L, neighbours, cols, const_tol)),
-        lambda: per_subset("FRDist", dist),
-        diversity_entries,
-        syn_entries,
+    tasks: list[Callable[[], list[_Entry]]] = [
+        lambda: _per_subset("FRCorr", frcorr(P, L, neighbours, cols, const_tol)),
+        lambda: _per_subset("FRDist", dist),
+        functools.partial(_diversity_entries, P, cols, const_tol),
+        functools.partial(_syn_entries, P, S, cols, max_lag, const_tol),
     ]
     for label, kind in kinds.items():
         for name in cols:
             fn = kind.get(name) if isinstance(kind, Mapping) else kind
             if fn is not None:  # a per-subset extractor mapping without this subset: not scored
-                tasks.append(lambda label=label, name=name, fn=fn: fd_entries(label, name, fn))
+                tasks.append(functools.partial(_fd_entries, P, L, cols[name], name, label, fn, window, seed))
     # The metrics besides FRDist are single-threaded compiled kernels or numpy, both of which release the
     # GIL: ``workers`` threads run them side by side (each bounds its own working memory).
     # Results are collected in task order, so the output does not depend on which finishes first.
@@ -135,3 +99,56 @@ def compute_all(
         results[name]["constant_channels"] = results[name].pop("constant_channels")  # last, as before
         results[name]["clips_without_neighbours"] = float(no_neighbours)
     return results
+
+
+_Entry = tuple[str, str, float]  # (subset, metric, value)
+
+
+def _per_subset(metric: str, values: Mapping[str, float]) -> list[_Entry]:
+    return [(name, metric, float(v)) for name, v in values.items()]
+
+
+def _syn_entries(
+    P: np.ndarray, S: np.ndarray, cols: Mapping[str, np.ndarray], max_lag: int, const_tol: float
+) -> list[_Entry]:
+    syn = _frsyn_counts(P, S, cols, max_lag, const_tol)
+    keys = ("FRSyn", "FRSyn_reactions", "FRSyn_excluded_channels", "FRSyn_excluded_reactions")
+    return [(name, key, float(v[i])) for i, key in enumerate(keys) for name, v in syn.items()]
+
+
+def _fd_entries(
+    P: np.ndarray,
+    L: np.ndarray,
+    idx: np.ndarray,
+    name: str,
+    label: str,
+    fn: str | FeatureFn,
+    window: int,
+    seed: int,
+) -> list[_Entry]:
+    gen = window_features(P, fn, window, columns=idx)
+    real = window_features(L, fn, window, columns=idx)
+    enough = len(gen) >= 2 and len(real) >= 2
+    fd = frechet_distance(gen, real) if enough else math.nan
+    floor = _floor_from_features(real, len(L), seed) if len(L) >= 4 else math.nan
+    return [(name, f"FD_{label}", fd), (name, f"FD_{label}_real_floor", floor)]
+
+
+def _diversity_entries(P: np.ndarray, cols: Mapping[str, np.ndarray], const_tol: float) -> list[_Entry]:
+    """FRDiv, FRVar, FRDvs, Jitter and the constant channels in one pass over ``P`` (two for FRDvs)."""
+    N, M, T, _ = P.shape
+    names = ["var", "constant"] + (["div"] if M >= 2 else []) + (["dvs"] if N >= 2 else [])
+    names += ["jitter"] if T >= 3 else []
+    totals = _diversity_totals(P, names, const_tol)
+    out = _per_subset(
+        "FRDiv", _subset_means(totals["div"] / (N * T), cols) if M >= 2 else dict.fromkeys(cols, 0.0)
+    )
+    out += _per_subset("FRVar", _subset_means(totals["var"] / (N * M), cols))
+    dvs = _subset_means(totals["dvs"] / (M * T), cols) if N >= 2 else dict.fromkeys(cols, math.nan)
+    out += _per_subset("FRDvs", dvs)
+    if T >= 3:
+        out += _per_subset("Jitter", _subset_means(totals["jitter"] / (N * M * (T - 2)), cols))
+    constant = totals["constant"]
+    return out + _per_subset(
+        "constant_channels", {name: int(constant[idx].sum()) for name, idx in cols.items()}
+    )

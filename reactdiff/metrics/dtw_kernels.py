@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -52,7 +52,7 @@ def _lane(row, d, l):  # pragma: no cover - compiled code uses the overload belo
 
 if numba is not None:
     _u64 = numba.uint64
-    _JIT = {"nogil": True, "cache": True, "fastmath": {"contract"}}
+    _JIT: dict[str, Any] = {"nogil": True, "cache": True, "fastmath": {"contract"}}
 
     @_intrinsic
     def _stack_array(typingctx, size, dtype):

@@ -98,7 +98,7 @@ def _frsyn_counts(
     P: np.ndarray, S: np.ndarray, cols: Mapping[str, np.ndarray], max_lag: int, const_tol: float
 ) -> dict[str, tuple[float, int, int, int]]:
     N, M, T, D = P.shape
-    offsets = {name: [] for name in cols}
+    offsets: dict[str, list[np.ndarray]] = {name: [] for name in cols}
     excluded_channels = {name: 0 for name in cols}
     excluded_reactions = {name: 0 for name in cols}
     max_lag = min(max_lag, T - 2)  # as _tlcc_batch does

@@ -4,7 +4,7 @@ each a function of the 52 blendshape weights (drawn by :class:`reactdiff.render.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -61,8 +61,8 @@ class _Item:
     sl: slice  # its points in the batch's point arrays
     colour: tuple[int, int, int]
     alpha: list[int]  # per frame; 0 skips the item
-    width: list[int] | None = None  # per frame, supersampled pixels (lines)
-    extra: dict | None = None
+    width: list[int] = field(default_factory=list)  # per frame, supersampled pixels (lines)
+    extra: dict = field(default_factory=dict)
 
 
 _Arr = float | np.ndarray  # a scalar or anything that broadcasts to [T, n]
@@ -346,7 +346,29 @@ def mouth(sh: Shapes, g: Callable[[str], np.ndarray], jaw: np.ndarray) -> dict:
     )
     pressed = 0.5 * (g("mouthPressLeft") + g("mouthPressRight"))
     sh.line(xb, 0.5 * (ui + li), _LIP_LINE, 255, 0.01 + 0.008 * pressed, dz=lip_dz)
-    for k, sgn, side in ((0, -1.0, "Right"), (len(t) - 1, 1.0, "Left")):
+    _mouth_creases(sh, g, x, seam, corner_dy, jaw, (uo, ui, li, lo), np.minimum(1.0, pucker + funnel), lip_dz)
+    _tongue(sh, li, mx, tongue, lip_dz)
+    return {"lower_lip_bottom": lo[:, _MID_MOUTH : _MID_MOUTH + 1]}
+
+
+def _mouth_creases(
+    sh: Shapes,
+    g: Callable[[str], np.ndarray],
+    x: np.ndarray,
+    seam: np.ndarray,
+    corner_dy: np.ndarray,
+    jaw: np.ndarray,
+    lips: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    pushed: np.ndarray,
+    lip_dz: np.ndarray,
+) -> None:
+    """The corners' hooks and dimples, and the vertical wrinkles of pushed-out lips (``pushed`` in [0, 1]).
+
+    ``lips``: the upper lip's outer and inner edge, the lower lip's inner and outer edge, ``[T, points]``.
+    """
+    uo, ui, li, lo = lips
+    xb = np.broadcast_to(x, ui.shape)
+    for k, sgn, side in ((0, -1.0, "Right"), (x.shape[1] - 1, 1.0, "Left")):
         # a small hook at each corner points the way the corner moves; a dimple is a short arc beside it
         cx0, cy0 = x[:, k : k + 1], seam[:, k : k + 1]
         hook_y = 0.3 * (corner_dy[:, k : k + 1] - 0.35 * jaw[:, 1:2]) + 0.006
@@ -360,7 +382,7 @@ def mouth(sh: Shapes, g: Callable[[str], np.ndarray], jaw: np.ndarray) -> dict:
         )
         ax = cx0 + sgn * np.array([0.06, 0.075, 0.06])
         sh.line(ax, cy0 + np.array([0.055, 0.0, -0.055]), _CREASE, 255 * g(f"mouthDimple{side}"), 0.017)
-    wrinkle = 170 * np.minimum(1.0, pucker + funnel)  # vertical wrinkles of pushed-out lips
+    wrinkle = 170 * pushed
     for k in (6, 8, 12, 14):
         xk = xb[:, k : k + 1]
         sh.line(
@@ -379,7 +401,10 @@ def mouth(sh: Shapes, g: Callable[[str], np.ndarray], jaw: np.ndarray) -> dict:
             0.007,
             dz=lip_dz,
         )
-    # the tongue sticks out over the lower lip
+
+
+def _tongue(sh: Shapes, li: np.ndarray, mx: np.ndarray, tongue: np.ndarray, lip_dz: np.ndarray) -> None:
+    """The tongue, sticking out over the lower lip (inner edge ``li``) as ``tongueOut`` grows."""
     top = li[:, _MID_MOUTH : _MID_MOUTH + 1] + 0.02
     tip = li[:, _MID_MOUTH : _MID_MOUTH + 1] - 0.05 - 0.15 * tongue
     half = 0.1 + 0.03 * tongue
@@ -400,7 +425,6 @@ def mouth(sh: Shapes, g: Callable[[str], np.ndarray], jaw: np.ndarray) -> dict:
         0.008,
         dz=lip_dz + 0.06,
     )
-    return {"lower_lip_bottom": lo[:, _MID_MOUTH : _MID_MOUTH + 1]}
 
 
 # -- drawing one frame --------------------------------------------------------------------------------

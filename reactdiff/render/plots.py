@@ -7,15 +7,19 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from reactdiff.layout import FPS
 from reactdiff.render.faces import PAPER_PLOT_DIMS, coefficient_index, coefficient_name
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 
 # --- plots ------------------------------------------------------------------------------------------------
-def _save_figure(fig: object, path: Path) -> None:
+def _save_figure(fig: Figure, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")

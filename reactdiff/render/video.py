@@ -39,10 +39,10 @@ def _chunks(frames: np.ndarray | Iterable[np.ndarray]) -> Iterator[np.ndarray]:
 def _run_ffmpeg(args: list[str], stdin_chunks: Iterator[np.ndarray] | None = None) -> int:
     """Run ffmpeg, feeding it raw frames; returns how many frames were fed. Raises with ffmpeg's message."""
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(args, stdin=subprocess.PIPE if stdin_chunks else None, stderr=err)
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE if stdin_chunks is not None else None, stderr=err)
         fed = 0
         try:
-            if stdin_chunks is not None:
+            if stdin_chunks is not None and proc.stdin is not None:
                 for chunk in stdin_chunks:
                     proc.stdin.write(np.ascontiguousarray(chunk, np.uint8).tobytes())
                     fed += len(chunk)
@@ -72,6 +72,9 @@ def _prepare_audio(audio: np.ndarray, samples: int) -> np.ndarray:
     if len(a) >= samples:
         return np.ascontiguousarray(a[:samples])
     return np.concatenate([a, np.zeros((samples - len(a), a.shape[1]), np.float32)])
+
+
+_QUIET = ["-hide_banner", "-loglevel", "error", "-y"]
 
 
 def write_video(
@@ -105,8 +108,7 @@ def write_video(
     height, width = first.shape[1:3]
 
     def checked() -> Iterator[np.ndarray]:
-        for chunk in [first] if first is not None else []:
-            yield chunk
+        yield first
         for chunk in chunks:
             if chunk.shape[1:] != first.shape[1:]:
                 raise ValueError(f"frame size changed from {first.shape[1:]} to {chunk.shape[1:]} in {path}")
@@ -115,41 +117,10 @@ def write_video(
     ffmpeg = _ffmpeg()
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}.") as tmp:
         video = os.path.join(tmp, "video.mp4")
-        n = _run_ffmpeg(
-            [
-                ffmpeg,
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "rawvideo",
-                "-pix_fmt",
-                "rgb24",
-                "-s",
-                f"{width}x{height}",
-                "-r",
-                str(fps),
-                "-i",
-                "-",
-                "-an",
-                "-vf",
-                "pad=ceil(iw/2)*2:ceil(ih/2)*2",
-                "-c:v",
-                "libx264",
-                "-preset",
-                preset,
-                "-crf",
-                str(crf),
-                *(["-threads", str(threads)] if threads else []),
-                "-pix_fmt",
-                "yuv420p",
-                "-movflags",
-                "+faststart",
-                video,
-            ],
-            checked(),
-        )
+        encode = [*_QUIET, "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps)]
+        encode += ["-i", "-", "-an", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264"]
+        encode += ["-preset", preset, "-crf", str(crf), *(["-threads", str(threads)] if threads else [])]
+        n = _run_ffmpeg([ffmpeg, *encode, "-pix_fmt", "yuv420p", "-movflags", "+faststart", video], checked())
         result = video
         if audio is not None:
             wav = os.path.join(tmp, "audio.wav")
@@ -157,32 +128,8 @@ def write_video(
                 wav, _prepare_audio(audio, round(n / fps * audio_rate)), audio_rate, subtype="PCM_16"
             )
             result = os.path.join(tmp, "muxed.mp4")
-            _run_ffmpeg(
-                [
-                    ffmpeg,
-                    "-hide_banner",
-                    "-loglevel",
-                    "error",
-                    "-y",
-                    "-i",
-                    video,
-                    "-i",
-                    wav,
-                    "-map",
-                    "0:v:0",
-                    "-map",
-                    "1:a:0",
-                    "-c:v",
-                    "copy",
-                    "-c:a",
-                    "aac",
-                    "-b:a",
-                    "128k",
-                    "-movflags",
-                    "+faststart",
-                    result,
-                ]
-            )
+            mux = [*_QUIET, "-i", video, "-i", wav, "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy"]
+            _run_ffmpeg([ffmpeg, *mux, "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart", result])
         os.replace(result, path)
 
 

@@ -96,7 +96,13 @@ def simulate_session(
         _face(rng, n, drives[p], drives[1 - p], STYLES[chosen[p]], delays[p], real.expressivity[p])
         for p in range(2)
     )
-    clamp = lambda v: int(np.clip(round(v), 0, n))  # noqa: E731
+
+    def clamp(v: float) -> int:
+        return int(np.clip(round(v), 0, n))
+
+    def utterances_of(p: int) -> list[tuple[int, int]]:
+        return [(clamp(ph.start), clamp(ph.end)) for t in real.turns if t.person == p for ph in t.phrases]
+
     return SimulatedSession(
         split=split,
         family=family,
@@ -106,10 +112,7 @@ def simulate_session(
         coefficients=(faces[0], faces[1]),
         audio=(audio[0], audio[1]),
         turns=[(t.person, clamp(t.start), clamp(t.end)) for t in real.turns],
-        utterances=tuple(
-            [(clamp(ph.start), clamp(ph.end)) for t in real.turns if t.person == p for ph in t.phrases]
-            for p in range(2)
-        ),
+        utterances=(utterances_of(0), utterances_of(1)),
     )
 
 
@@ -141,7 +144,7 @@ def corpus_slots(spec: SyntheticSpec) -> dict[str, list[_Slot]]:
     slots: dict[str, list[_Slot]] = {}
     number = 0
     for split in layout.SPLITS:
-        rows = []
+        rows: list[_Slot] = []
         for family in range(spec.families.get(split, 0)):
             site, city = _site_of(spec, split, family)
             persons = _SITES[site][0]

@@ -41,7 +41,7 @@ class EMA:
     def update(self, model: nn.Module, step: int) -> None:
         d = self.decay_at(step)
         source = _unwrap(model)
-        shadow = [p for p in self.shadow.parameters()]
+        shadow: list[torch.Tensor] = list(self.shadow.parameters())
         params = [p.detach() for p in source.parameters()]
         if len(shadow) != len(params):
             raise ValueError("EMA.update: the model does not have the shadow's parameters")
