@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +87,45 @@ def project(tmp_path_factory):
             dest,
             env,
         )
-    return dest, env
+    # One Prefect server for the module's two dozen stage runs, as a lab runs one: each stage that fans
+    # out would otherwise start (and stop) a temporary server of its own, about 5 s a time. Every test
+    # outside this module runs the stages on that default temporary server.
+    with _prefect_server(dest.parent / "prefect", env) as api_url:
+        env["PREFECT_API_URL"] = api_url
+        yield dest, env
+
+
+@contextlib.contextmanager
+def _prefect_server(home: Path, env: dict) -> Iterator[str]:
+    """``prefect server start`` on loopback with its own ``PREFECT_HOME``; yields its API URL and stops
+    it by PID at the end."""
+    import httpx
+
+    port = _free_port()
+    server_env = {**env, "PREFECT_HOME": str(home)}
+    server_env.pop("PREFECT_API_URL", None)
+    prefect = str(Path(sys.executable).parent / "prefect")
+    proc = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"],
+        env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    api_url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, "prefect server start exited"
+            try:
+                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the Prefect server did not start"
+            time.sleep(0.5)
+        yield api_url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
 
 
 def test_dvc_repro_runs_every_stage(project):
@@ -344,9 +386,6 @@ def _postgres_bin() -> Path | None:
 @pytest.mark.skipif(_postgres_bin() is None, reason="needs Debian's postgresql (.ci/run installs it)")
 def test_stages_log_to_a_shared_tracking_server_on_postgresql(project, tmp_path):
     """A lab's setup: an MLflow tracking server on PostgreSQL with its own artifact store, over HTTP."""
-    import signal
-    import time
-
     import httpx
     import mlflow
 
@@ -422,39 +461,27 @@ def test_stages_log_to_a_shared_tracking_server_on_postgresql(project, tmp_path)
             shutil.rmtree(cluster)
 
 
-def test_features_and_sample_on_a_dask_cluster_equal_the_thread_runner(project):
-    """Per-session work on an existing Dask cluster (a scheduler and two workers, separate processes)."""
-    pytest.importorskip("prefect_dask")
-    import signal
-    import time
-
+@contextlib.contextmanager
+def _dask_cluster(dest: Path, env: dict, workers: list[list[str]]) -> Iterator[tuple[str, list]]:
+    """A Dask scheduler and one worker per entry of ``workers`` (its extra arguments), each a separate
+    process on loopback; yields the scheduler's address and the worker processes, and stops them all by
+    PID at the end."""
     from distributed import Client
 
-    dest, env = project
     dask = str(Path(sys.executable).parent / "dask")
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-
-    def snapshot() -> dict[str, bytes]:
-        files = [p for p in (dest / "features").rglob("*") if p.is_file()] + [
-            dest / "samples" / "test.parquet"
-        ]
-        return {str(p.relative_to(dest)): p.read_bytes() for p in files}
-
-    threads = snapshot()  # what the thread runner wrote (dvc repro above)
-    params_text = (dest / "params.yaml").read_text()
+    address = f"tcp://127.0.0.1:{_free_port()}"
     started = [
         subprocess.Popen(
-            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard"],
             cwd=dest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
     ]  # fmt: skip
     try:
-        for k in range(2):
+        for k, extra in enumerate(workers):
             started.append(
                 subprocess.Popen(
                     [dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--name", f"w{k}",
-                     "--local-directory", str(dest / ".dask")],
+                     "--local-directory", str(dest / ".dask"), *extra],
                     cwd=dest, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     start_new_session=True,
                 )
@@ -463,26 +490,75 @@ def test_features_and_sample_on_a_dask_cluster_equal_the_thread_runner(project):
         while True:
             try:
                 with Client(address, timeout=5) as client:
-                    client.wait_for_workers(2, timeout=60)
+                    client.wait_for_workers(len(workers), timeout=60)
                     break
             except OSError:
                 assert time.monotonic() < deadline, "the Dask cluster did not start"
                 time.sleep(1)
-        params = yaml.safe_load(params_text)
-        for section in ("features", "sample"):
-            params[section].update(runner="dask", dask_address=address)
-        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        for stage in ("features", "sample"):
-            _run([sys.executable, "-m", f"pipelines.{stage}"], dest, env)
-        with Client(address, timeout=5) as client:  # the work ran on the cluster's two workers
-            assert len(client.scheduler_info()["workers"]) == 2
-        on_dask = snapshot()
+        yield address, started[1:]
     finally:
-        (dest / "params.yaml").write_text(params_text)
         for proc in reversed(started):  # workers first, then the scheduler; each by PID
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=30)
         shutil.rmtree(dest / ".dask", ignore_errors=True)
+
+
+def _on_dask(dest: Path, address: str, sections: tuple[str, ...]) -> str:
+    """``params.yaml`` with ``sections`` running on the cluster at ``address``; returns the original text."""
+    params_text = (dest / "params.yaml").read_text()
+    params = yaml.safe_load(params_text)
+    for section in sections:
+        params[section].update(runner="dask", dask_address=address)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params_text
+
+
+def _outputs(dest: Path, *folders: str, files: tuple[str, ...] = ()) -> dict[str, bytes]:
+    paths = [p for folder in folders for p in (dest / folder).rglob("*") if p.is_file()]
+    return {str(p.relative_to(dest)): p.read_bytes() for p in [*paths, *(dest / f for f in files)]}
+
+
+def test_features_and_sample_on_a_dask_cluster_equal_the_thread_runner(project):
+    """Per-session work on an existing Dask cluster (a scheduler and two workers, separate processes)."""
+    pytest.importorskip("prefect_dask")
+    from distributed import Client
+
+    dest, env = project
+    threads = _outputs(dest, "features", files=("samples/test.parquet",))  # the thread runner's (repro above)
+    with _dask_cluster(dest, env, [[], []]) as (address, _):
+        params_text = _on_dask(dest, address, ("features", "sample"))
+        try:
+            for stage in ("features", "sample"):
+                _run([sys.executable, "-m", f"pipelines.{stage}"], dest, env)
+        finally:
+            (dest / "params.yaml").write_text(params_text)
+        with Client(address, timeout=5) as client:  # the work ran on the cluster's two workers
+            assert len(client.scheduler_info()["workers"]) == 2
+    on_dask = _outputs(dest, "features", files=("samples/test.parquet",))
     differing = sorted(name for name in threads if on_dask.get(name) != threads[name])
     assert sorted(on_dask) == sorted(threads) and differing == [], differing
+
+
+def test_a_dask_worker_killed_mid_task_loses_no_work(project):
+    """A worker SIGKILLed while it runs a features task (tests/dask_dying_worker.py): its work moves to
+    the surviving worker and the stage's outputs are byte-identical to the thread runner's."""
+    pytest.importorskip("prefect_dask")
+    dest, env = project
+    threads = _outputs(dest, "features")
+    dying = ["--no-nanny", "--preload", str(Path(__file__).with_name("dask_dying_worker.py"))]
+    with _dask_cluster(dest, env, [[], dying]) as (address, workers):
+        params_text = _on_dask(dest, address, ("features",))
+        try:
+            stage = [sys.executable, "-m", "pipelines.features"]
+            proc = subprocess.run(stage, cwd=dest, env=env, capture_output=True, text=True, timeout=600)
+        finally:
+            (dest / "params.yaml").write_text(params_text)
+        died = workers[1].poll()
+    assert died == -signal.SIGKILL, "the dying worker got no task: the test did not test a death"
+    log = proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "KilledWorker" not in log, log
+    assert proc.returncode == 0, log
+    after = _outputs(dest, "features")
+    differing = sorted(name for name in threads if after.get(name) != threads[name])
+    assert sorted(after) == sorted(threads) and differing == [], differing
