@@ -87,31 +87,39 @@ def test_only_user_errors_lose_their_traceback():
         run_stage(bug, "sample")
 
 
-@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
-def test_a_stopped_stage_stops_every_process_it_started(tmp_path, signum):
-    import signal
-
-    import psutil
+@pytest.fixture(scope="module")
+def features_run(tmp_path_factory) -> tuple[Path, dict]:
+    """A project folder whose ``features`` stage has run once on a small corpus, and its environment."""
     import yaml
 
     from reactdiff.synthetic import SyntheticSpec, generate_corpus
 
+    folder = tmp_path_factory.mktemp("features-run")
     spec = SyntheticSpec(
         seed=3, frames=400, families={"train": 2, "val": 1, "test": 1}, sessions_per_family=2
     )
-    generate_corpus(tmp_path / "corpus", spec)
+    generate_corpus(folder / "corpus", spec)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"]["root"] = str(tmp_path / "corpus")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-    }
+    params["data"]["root"] = str(folder / "corpus")
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.run(
-        [sys.executable, "-m", "pipelines.features"], cwd=tmp_path, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "pipelines.features"], cwd=folder, env=env, capture_output=True, text=True
     )
     assert first.returncode == 0, first.stderr
+    return folder, env
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_stopped_stage_stops_every_process_it_started(tmp_path, signum, features_run):
+    import signal
+
+    import psutil
+
+    folder, env = features_run
+    shutil.copy2(folder / "params.yaml", tmp_path / "params.yaml")  # the corpus is read where it is
+    shutil.copytree(folder / "features", tmp_path / "features")
+    env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     before = _digest(tmp_path / "features")  # a complete earlier output, which the stopped run must keep
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipelines.features"],
