@@ -24,13 +24,10 @@ the rows that several tables share (the paper's defaults) train once. With ``--j
 on 2 cores one training already uses both) the experiments run one after another in the workspace;
 with ``--jobs N`` they go through DVC's experiment queue, ``N`` at a time in temporary copies.
 
-MLflow (experiment ``reactdiff-ablations``): one parent run per table and campaign, one child run per
-variant and seed (named ``table2 / without h / seed 1``, tagged ``reactdiff.seed``) with the full params,
-the windows and features it used as MLflow datasets (digest: their hash in the experiment's
-``dvc.lock``), every metric of ``evaluate`` (per coefficient subset), the training
-curve as metric history, and the plots and reports as artifacts; tagged with the DVC experiment name
-and revision and the git commit. The stage runs themselves stay in the ``reactdiff`` experiment, tagged
-with the same DVC experiment name. A campaign groups one batch: by default ``abl-<commit>`` plus a hash
+MLflow (experiment ``reactdiff-ablations``, :mod:`pipelines.ablation_records`): one parent run per table
+and campaign, one child run per variant and seed with its params, datasets, metrics, training curve and
+artifacts. The stage runs themselves stay in the ``reactdiff`` experiment, tagged with the same DVC
+experiment name. A campaign groups one batch: by default ``abl-<commit>`` plus a hash
 of the ``--set`` overrides, so a rerun with the same code and overrides resumes the same campaign.
 
 The report is built from MLflow's records only (:func:`reactdiff.ablations.build_report`): each cell
@@ -41,20 +38,18 @@ is the mean over the recorded seeds with its standard error, and each claim of t
 from __future__ import annotations
 
 import argparse
-import csv
 import gzip
 import hashlib
-import io
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipelines import ablation_records as records
 from pipelines import tracking
 from reactdiff import atomic
 from reactdiff.ablations import (
@@ -62,31 +57,17 @@ from reactdiff.ablations import (
     AblationTable,
     Variant,
     build_report,
-    cost_columns,
     format_param,
     select_tables,
     variant_overrides,
 )
 from reactdiff.config import DEFAULT_PARAMS, load_yaml, parse_params
 
-EXPERIMENT = "reactdiff-ablations"
 REPORT_DIR = Path("reports")
 EXPORT_FILE = REPORT_DIR / "ablations.runs.json.gz"
 """The campaign behind ``reports/ablations.md``, as MLflow records (``export`` / ``import``)."""
 TARGET_STAGE = "evaluate"
-COST = "cost."
-"""Prefix of a variant run's cost metrics (Table 16's steps, params_M, GFLOPs, FPS), the same in every
-coefficient subset."""
 GIT_TRACKED_DIRS = ("metrics", "plots", "reports")
-DATASETS = {"windows": "training", "features": "evaluation"}
-"""The stage outputs a variant's model was trained on and its samples were scored on."""
-GIT_TRACKED_OUTPUTS = (
-    "metrics/evaluate.json",
-    "metrics/sample.json",
-    "metrics/train.json",
-    "plots/train_loss.csv",
-    "reports/evaluate.md",
-)
 
 
 # -- params --------------------------------------------------------------------------------------------
@@ -172,252 +153,6 @@ def read_experiment_file(rev: str, path: str) -> str | None:
         return _git("show", f"{rev}:{path}")
     except subprocess.CalledProcessError:
         return None
-
-
-# -- MLflow --------------------------------------------------------------------------------------------
-
-
-def _client():
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    return mlflow.MlflowClient()
-
-
-def _experiment_id(client) -> str:
-    return tracking.experiment_id(client, EXPERIMENT)
-
-
-def table_parent(
-    client,
-    experiment_id: str,
-    table: AblationTable,
-    campaign: str,
-    base: Mapping[str, Any],
-    sets: Mapping[str, Any],
-) -> str:
-    """The parent run of ``table`` in ``campaign``, created on first use."""
-    found = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`reactdiff.role` = 'table' and tags.`reactdiff.table` = '{table.name}' "
-        f"and tags.`reactdiff.campaign` = '{campaign}'",
-    )
-    if found:
-        return found[0].info.run_id
-    tags = {
-        "reactdiff.role": "table",
-        "reactdiff.table": table.name,
-        "reactdiff.campaign": campaign,
-        "reactdiff.overrides": json.dumps(dict(sets), sort_keys=True),
-        "git_commit": tracking.git_commit() or "",
-        "mlflow.note.content": f"{table.title}: one child run per variant (campaign {campaign}).",
-    }
-    run = client.create_run(experiment_id, run_name=f"{table.name} · {campaign}", tags=tags)
-    tracking.log_params({"campaign": campaign, **dict(base)}, run_id=run.info.run_id)
-    tracking.log_datasets(DATASETS, run_id=run.info.run_id)  # the data the campaign starts from
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
-
-
-def _run_seed(run) -> int | None:
-    seed = run.data.tags.get("reactdiff.seed", run.data.params.get("seed"))
-    return None if seed is None else int(seed)
-
-
-def finished_variants(client, experiment_id: str, parent: str) -> set[tuple[str, int | None]]:
-    """``{(variant label, seed)}`` recorded as finished child runs of the table run ``parent``."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'FINISHED'",
-        max_results=10_000,
-    )
-    return {(r.data.tags.get("reactdiff.variant", ""), _run_seed(r)) for r in runs}
-
-
-def _metric_batch(values: Mapping[str, float], step: int = 0, timestamp: int | None = None):
-    from mlflow.entities import Metric
-
-    ts = timestamp or int(time.time() * 1000)
-    return [Metric(k, float(v), ts, step) for k, v in values.items() if v is not None and v == v]
-
-
-def _log_metrics(client, run_id: str, metrics: list) -> None:
-    for i in range(0, len(metrics), 1000):  # MLflow caps a batch at 1000 metrics
-        client.log_batch(run_id, metrics=metrics[i : i + 1000])
-
-
-def record_variant(
-    client,
-    experiment_id: str,
-    parent: str,
-    table: AblationTable,
-    variant: Variant,
-    campaign: str,
-    exp_name: str,
-    rev: str,
-    seed: int,
-) -> str:
-    """One child run for a finished experiment, from the files of its commit."""
-    paths = (*GIT_TRACKED_OUTPUTS, "params.yaml", "dvc.lock")
-    files = {path: read_experiment_file(rev, path) for path in paths}
-    if files["metrics/evaluate.json"] is None:
-        raise RuntimeError(f"experiment {exp_name} ({rev[:7]}) has no metrics/evaluate.json: did it fail?")
-    evaluation = json.loads(files["metrics/evaluate.json"])
-    training = json.loads(files["metrics/train.json"] or "{}")
-    params_text = files["params.yaml"]
-    if params_text is None:
-        raise RuntimeError(f"experiment {exp_name} ({rev[:7]}) has no params.yaml")
-    params = tracking.flatten(load_yaml(params_text))
-    tags = {
-        "reactdiff.role": "variant",
-        "reactdiff.table": table.name,
-        "reactdiff.variant": str(variant.label),
-        "reactdiff.seed": str(seed),
-        "reactdiff.campaign": campaign,
-        "mlflow.parentRunId": parent,
-        "dvc_exp_name": exp_name,
-        "dvc_exp_rev": rev,
-        "git_commit": tracking.git_commit() or "",
-    }
-    run = client.create_run(
-        experiment_id, run_name=f"{table.name} / {variant.label} / seed {seed}", tags=tags
-    )
-    run_id = run.info.run_id
-    metrics = {f"{subset}.{k}": v for subset, values in evaluation.items() for k, v in values.items()}
-    metrics |= {f"train.{k}": v for k, v in training.items() if isinstance(v, (int, float))}
-    metrics |= {
-        f"{COST}{k}": v for k, v in cost_columns(json.loads(files["metrics/sample.json"] or "{}")).items()
-    }
-    batch = _metric_batch(metrics)
-    curve = files["plots/train_loss.csv"]
-    if curve:
-        now = int(time.time() * 1000)
-        for row in csv.DictReader(io.StringIO(curve)):
-            step = int(float(row["step"]))
-            values = {
-                f"train.curve.{k}": float(v) for k, v in row.items() if k != "step" and v not in ("", None)
-            }
-            batch += _metric_batch(values, step=step, timestamp=now)
-    _log_metrics(client, run_id, batch)
-    tracking.log_params(params, run_id=run_id)
-    tracking.log_datasets(DATASETS, run_id=run_id, lock_text=files["dvc.lock"])
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in ("plots/train_loss.csv", "reports/evaluate.md"):
-            text = files[path]
-            if text is not None:
-                local = Path(tmp) / Path(path).name
-                local.write_text(text)
-                client.log_artifact(run_id, str(local), artifact_path=str(Path(path).parent))
-        if curve:
-            png = Path(tmp) / "train_loss.png"
-            _plot_curve(curve, png, f"{table.title}: {variant.label}")
-            client.log_artifact(run_id, str(png), artifact_path="plots")
-    client.set_terminated(run_id)
-    return run_id
-
-
-# -- a campaign between stores ------------------------------------------------------------------------
-
-EXPORT_FORMAT = "reactdiff-ablations-campaign/1"
-CURVE_PREFIX = "train.curve."
-IMPORTED_FROM = "reactdiff.imported_from"
-
-
-def export_campaign(client, experiment_id: str, campaign: str) -> dict[str, Any]:
-    """The table and variant runs of ``campaign`` as plain data: name, status, times, tags, params and
-    metrics (the training curve with its history). Not the artifacts nor the dataset inputs: what the
-    report and the resumption need, small enough to commit beside the report."""
-    runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`reactdiff.campaign` = '{campaign}'", max_results=10_000
-    )
-    if not runs:
-        raise SystemExit(f"no runs of campaign {campaign!r} in MLflow ({tracking.tracking_uri()})")
-    records = []
-    for run in sorted(runs, key=lambda r: (r.data.tags.get("reactdiff.role") != "table", r.info.start_time)):
-        metrics = {k: [[0, v]] for k, v in run.data.metrics.items() if not k.startswith(CURVE_PREFIX)}
-        for key in sorted(k for k in run.data.metrics if k.startswith(CURVE_PREFIX)):
-            history = client.get_metric_history(run.info.run_id, key)
-            metrics[key] = [[m.step, m.value] for m in sorted(history, key=lambda m: m.step)]
-        records.append(
-            {
-                "run_id": run.info.run_id,
-                "name": run.info.run_name,
-                "status": run.info.status,
-                "start_time": run.info.start_time,
-                "end_time": run.info.end_time,
-                "tags": {k: v for k, v in run.data.tags.items() if k != "mlflow.runName"},
-                "params": dict(run.data.params),
-                "metrics": metrics,
-            }
-        )
-    return {"format": EXPORT_FORMAT, "experiment": EXPERIMENT, "campaign": campaign, "runs": records}
-
-
-def write_export(client, experiment_id: str, campaign: str, out: Path) -> None:
-    exported = export_campaign(client, experiment_id, campaign)
-    with atomic.atomic_path(out) as tmp:  # mtime 0: the same runs give the same bytes
-        tmp.write_bytes(gzip.compress(json.dumps(exported, sort_keys=True).encode(), mtime=0))
-    print(f"[ablations] {len(exported['runs'])} runs of {campaign} -> {out}")
-
-
-def import_campaign(client, experiment_id: str, exported: Mapping[str, Any]) -> int:
-    """Recreate an :func:`export_campaign` in this store, parents first; returns the runs created.
-
-    Runs already here (the same run, or one imported from it before) are skipped, so importing twice, or
-    into the store the campaign came from, adds nothing; a campaign then resumes with ``run``.
-    """
-    from mlflow.entities import Metric, Param, RunTag
-
-    if exported.get("format") != EXPORT_FORMAT:
-        raise SystemExit(
-            f"not an ablation campaign export ({EXPORT_FORMAT}): format {exported.get('format')!r}"
-        )
-    here = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`reactdiff.campaign` = '{exported['campaign']}'",
-        max_results=10_000,
-    )
-    ids = {r.data.tags.get(IMPORTED_FROM, r.info.run_id): r.info.run_id for r in here}
-    created = 0
-    for record in exported["runs"]:
-        if record["run_id"] in ids:
-            continue
-        tags = dict(record["tags"])
-        if "mlflow.parentRunId" in tags:
-            tags["mlflow.parentRunId"] = ids.get(tags["mlflow.parentRunId"], tags["mlflow.parentRunId"])
-        tags[IMPORTED_FROM] = record["run_id"]
-        run = client.create_run(
-            experiment_id, start_time=record["start_time"], tags=tags, run_name=record["name"]
-        )
-        run_id = ids[record["run_id"]] = run.info.run_id
-        stamp = record["start_time"] or int(time.time() * 1000)
-        metrics = [Metric(k, v, stamp, step) for k, points in record["metrics"].items() for step, v in points]
-        params = [Param(k, v) for k, v in record["params"].items()]
-        for i in range(0, max(len(metrics), len(params)), 100):  # MLflow caps params at 100 per batch
-            client.log_batch(run_id, metrics=metrics[i : i + 100], params=params[i : i + 100])
-        client.log_batch(run_id, tags=[RunTag(IMPORTED_FROM, record["run_id"])])
-        client.set_terminated(run_id, status=record["status"], end_time=record["end_time"])
-        created += 1
-    return created
-
-
-def _plot_curve(curve_csv: str, out: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    frame = pd.read_csv(io.StringIO(curve_csv))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for column in frame.columns.drop("step"):
-        series = frame[["step", column]].dropna()
-        ax.plot(series["step"], series[column], label=column)
-    ax.set(xlabel="step", ylabel="loss", title=title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
 
 
 # -- run -----------------------------------------------------------------------------------------------
@@ -512,10 +247,10 @@ def run_tables(
         raise SystemExit(f"--seeds {seeds}: need at least one seed")
     base = base_params(params_path, sets)
     ablation_base = {k: base[k] for k in ABLATION_KEYS}
-    client = _client()
-    experiment_id = _experiment_id(client)
-    parents = {t.name: table_parent(client, experiment_id, t, campaign, base, sets) for t in tables}
-    done = {t.name: finished_variants(client, experiment_id, parents[t.name]) for t in tables}
+    client = records.client()
+    experiment_id = records.ablations_experiment_id(client)
+    parents = {t.name: records.table_parent(client, experiment_id, t, campaign, base, sets) for t in tables}
+    done = {t.name: records.finished_variants(client, experiment_id, parents[t.name]) for t in tables}
     todo: list[tuple[AblationTable, Variant, int, dict[str, Any], str]] = []
     for seed in range(base["seed"], base["seed"] + seeds):  # seed-major: an early stop leaves whole seeds
         for table in tables:
@@ -548,8 +283,9 @@ def run_tables(
                 rev = experiment_rev(name)
             if rev is None:
                 raise RuntimeError(f"DVC experiment {name} did not produce a commit; see the log above")
-            run_id = record_variant(
-                client, experiment_id, parents[table.name], table, variant, campaign, name, rev, seed
+            files = {path: read_experiment_file(rev, path) for path in records.EXPERIMENT_FILES}
+            run_id = records.record_variant(
+                client, experiment_id, parents[table.name], table, variant, campaign, name, rev, seed, files
             )
             print(f"[ablations] {name}: done in {progress.end():.0f} s, MLflow run {run_id}", flush=True)
     finally:
@@ -564,95 +300,30 @@ def run_tables(
 # -- report --------------------------------------------------------------------------------------------
 
 
-def latest_campaign(client, experiment_id: str) -> str:
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string="tags.`reactdiff.role` = 'table'",
-        order_by=["attributes.start_time DESC"],
-    )
-    if not runs:
-        raise SystemExit(f"no ablation runs in MLflow ({tracking.tracking_uri()}): run the tables first")
-    return runs[0].data.tags["reactdiff.campaign"]
-
-
-def load_records(
-    client, experiment_id: str, campaigns: Sequence[str], subset: str
-) -> tuple[dict[str, dict[Any, list[dict[str, float]]]], dict[str, list[str]]]:
-    """Metrics of ``subset`` per table, variant and seed from the variant runs of ``campaigns`` in MLflow.
-
-    Returns ``({table: {variant label: [metrics of each seed]}}, {table: [campaigns that provided its
-    rows]})``, seeds in increasing order. A variant and seed recorded by several of the campaigns takes
-    the record of the last campaign listed (and of the latest run within it).
-    """
-    labels = {(t.name, str(v.label)): v.label for t in select_tables(None) for v in t.variants}
-    by_seed: dict[str, dict[Any, dict[int | None, dict[str, float]]]] = {}
-    sources: dict[str, list[str]] = {}
-    prefix = f"{subset}."
-    for campaign in campaigns:
-        runs = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`reactdiff.role` = 'variant' and tags.`reactdiff.campaign` = '{campaign}'",
-            max_results=10_000,
-        )
-        for run in sorted(runs, key=lambda r: r.info.start_time):
-            table = run.data.tags["reactdiff.table"]
-            label = labels.get((table, run.data.tags["reactdiff.variant"]))
-            if label is None:
-                continue
-            metrics = {
-                k[len(key) :]: v
-                for k, v in run.data.metrics.items()
-                for key in (prefix, COST)
-                if k.startswith(key)
-            }
-            by_seed.setdefault(table, {}).setdefault(label, {})[_run_seed(run)] = metrics
-            if campaign not in sources.setdefault(table, []):
-                sources[table].append(campaign)
-    records = {
-        table: {
-            label: [seeds[s] for s in sorted(seeds, key=lambda s: -1 if s is None else s)]
-            for label, seeds in rows.items()
-        }
-        for table, rows in by_seed.items()
-    }
-    return records, sources
-
-
-def campaign_overrides(client, experiment_id: str, campaign: str) -> dict[str, Any]:
-    """The ``--set`` overrides a campaign ran with (from its table parent runs)."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`reactdiff.role` = 'table' and tags.`reactdiff.campaign` = '{campaign}'",
-    )
-    for run in runs:
-        if "reactdiff.overrides" in run.data.tags:
-            return json.loads(run.data.tags["reactdiff.overrides"])
-    return {}
-
-
 def write_report(
     campaigns: Sequence[str] | None, subset: str, tables: Sequence[AblationTable], out_dir: Path
 ) -> Path:
-    client = _client()
-    experiment_id = _experiment_id(client)
-    campaigns = list(campaigns or [latest_campaign(client, experiment_id)])
-    records, sources = load_records(client, experiment_id, campaigns, subset)
-    overrides = {c: campaign_overrides(client, experiment_id, c) for c in campaigns}
+    client = records.client()
+    experiment_id = records.ablations_experiment_id(client)
+    campaigns = list(campaigns or [records.latest_campaign(client, experiment_id)])
+    rows, sources = records.load_records(client, experiment_id, campaigns, subset)
+    overrides = {c: records.campaign_overrides(client, experiment_id, c) for c in campaigns}
 
     def describe(campaign: str) -> str:
         sets = ", ".join(f"`{k}={format_param(v)}`" for k, v in overrides[campaign].items())
         return f"`{campaign}` ({sets or 'params.yaml as committed'})"
 
     notes = [
-        f"Campaigns: {'; '.join(describe(c) for c in campaigns)}; MLflow experiment `{EXPERIMENT}`. Their "
-        f"runs, exported, are in `{EXPORT_FILE}`: `python -m pipelines.ablations import` recreates them in "
+        f"Campaigns: {'; '.join(describe(c) for c in campaigns)}; MLflow experiment "
+        f"`{records.EXPERIMENT}`. Their runs, exported, are in `{EXPORT_FILE}`: "
+        "`python -m pipelines.ablations import` recreates them in "
         "your MLflow store (to browse them, or to resume a campaign with `run`).",
         "Paper columns: REACT2024 numbers (`paper_tables.json`); ours: the data the campaign ran on.",
         "The paper's FVD needs an I3D network; our realism columns are Frechet distances named for what "
         "they measure. Jitter: mean squared frame-to-frame acceleration of the generated coefficients.",
     ]
     table_notes = {t: "Rows from " + "; ".join(describe(c) for c in cs) + "." for t, cs in sources.items()}
-    markdown, frame = build_report(records, tables, subset=subset, notes=notes, table_notes=table_notes)
+    markdown, frame = build_report(rows, tables, subset=subset, notes=notes, table_notes=table_notes)
     atomic.write_text(markdown, out_dir / "ablations.md")
     atomic.write_text(frame.to_csv(index=False), out_dir / "ablations.csv")
     return out_dir / "ablations.md"
@@ -699,16 +370,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri())  # absolute: DVC temp dirs share it
     if args.command in ("export", "import"):
-        client = _client()
-        experiment_id = _experiment_id(client)
+        client = records.client()
+        experiment_id = records.ablations_experiment_id(client)
         if args.command == "export":
-            write_export(
-                client, experiment_id, args.campaign or latest_campaign(client, experiment_id), args.out
-            )
+            campaign = args.campaign or records.latest_campaign(client, experiment_id)
+            records.write_export(client, experiment_id, campaign, args.out)
         else:
             with gzip.open(args.file, "rt", encoding="utf-8") as source:
                 exported = json.load(source)
-            created = import_campaign(client, experiment_id, exported)
+            created = records.import_campaign(client, experiment_id, exported)
             print(
                 f"[ablations] {exported['campaign']}: {created} runs imported into {tracking.tracking_uri()}"
             )
@@ -723,8 +393,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_tables(tables, sets, campaign, jobs=args.jobs, seeds=args.seeds)
         if not args.no_report:  # the report and the runs it was built from, side by side
             print(f"[ablations] report: {write_report([campaign], 'all', tables, REPORT_DIR)}")
-            client = _client()
-            write_export(client, _experiment_id(client), campaign, EXPORT_FILE)
+            client = records.client()
+            records.write_export(client, records.ablations_experiment_id(client), campaign, EXPORT_FILE)
     else:
         print(f"[ablations] report: {write_report(args.campaign, args.subset, tables, args.out)}")
 
