@@ -189,13 +189,14 @@ def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
     from mlflow.entities import Param
 
     items = list(flatten(params).items())
-    client = mlflow.MlflowClient(tracking_uri())
-    for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-        chunk = dict(items[start : start + 100])
-        if run_id is None:
+    chunks = [dict(items[start : start + 100]) for start in range(0, len(items), 100)]  # MLflow's cap
+    if run_id is None:
+        for chunk in chunks:
             mlflow.log_params(chunk)
-        else:
-            client.log_batch(run_id, params=[Param(k, str(v)) for k, v in chunk.items()])
+        return
+    client = mlflow.MlflowClient(tracking_uri())
+    for chunk in chunks:
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in chunk.items()])
 
 
 def write_run_file(run_id: str, path: Path = RUN_FILE, **extra: Any) -> None:
