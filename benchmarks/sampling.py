@@ -2,7 +2,7 @@
 
     python -m benchmarks.sampling [--presets demo,paper] [--steps 2,5,10,25,50,100] [--samples 1,10]
                                   [--windows N] [--paper-steps 2,10,50] [--guidance 1.0] [--device cpu]
-                                  [--streams 1,16]
+                                  [--streams 1,16] [--precision auto|fp32|bf16|fp16]
     python -m benchmarks.sampling --student [--presets demo,paper] [--samples 10]
 
 ``--student`` times the teacher as the ``sample`` stage runs it (50 steps, SDE, guidance 3 at sigma <= 2)
@@ -21,6 +21,11 @@ reports:
 - per-window latency (median and 95th percentile over the timed windows, after warm-up) and frames per
   second ``w / latency``; real time means a window of 16 frames (640 ms of conversation at 25 fps) is
   generated within 640 ms;
+- the arithmetic rate achieved (FLOPs per window over the median latency) beside this machine's matrix
+  product peak in the same precision, measured here first (:func:`matmul_peak`): how far the sampler is
+  from the hardware's limit. ``--precision`` is what the network computes in
+  (:func:`reactdiff.devices.select_precision`; ``auto`` picks bf16 for the paper preset on a CPU with
+  AMX or AVX-512-BF16, fp32 for the demo one);
 - the sampler's own overhead: time per window outside the denoiser (``CountingDenoiser``), i.e.
   the solver updates, noise draws, (de)normalisation and host transfers;
 - with ``--streams S`` (S > 1): S conversations stepped in lockstep as one batch
@@ -37,6 +42,7 @@ timed over 3 windows and, on CPU, only at 2, 10 and 50 steps.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -52,6 +58,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.machine import load_average, load_line
 from reactdiff.audio import LogMelProsodyEncoder, encode_causal_window
 from reactdiff.config import SampleParams
+from reactdiff.devices import PRECISIONS, select_precision
 from reactdiff.distillation import student_config
 from reactdiff.features import NormStats
 from reactdiff.layout import FPS, N_COEFFS
@@ -69,6 +76,7 @@ AUDIO_DIM = {"demo": 86, "paper": 768}  # log-mel/prosody features; wav2vec2-bas
 class Row:
     preset: str
     model: str
+    precision: str
     steps: int
     samples: int
     streams: int
@@ -79,6 +87,12 @@ class Row:
     p95_ms: float
     network_ms: float
     overhead_ms: float
+    peak_gflops_s: float
+
+    @property
+    def gflops_s(self) -> float:
+        """Arithmetic rate of one stream's window, all streams counted."""
+        return self.streams * self.gflops_window / (self.p50_ms / 1000.0)
 
     @property
     def fps(self) -> float:
@@ -94,19 +108,44 @@ class Row:
 
     def markdown(self) -> str:
         return (
-            f"| ReactDiff {self.preset}{' student' if self.model == 'student' else ''} | {self.steps} "
-            f"| {self.samples} | {self.streams} "
+            f"| ReactDiff {self.preset}{' student' if self.model == 'student' else ''} | {self.precision} "
+            f"| {self.steps} | {self.samples} | {self.streams} "
             f"| {self.params_m:.2f} | {self.gflops_window:.3g} | {self.p50_ms:.1f} | {self.p95_ms:.1f} "
             f"| {self.p50_ms / self.streams:.1f} | {self.fps:.1f} "
-            f"| {self.real_time} | {self.network_ms:.1f} | {self.overhead_ms:.1f} |"
+            f"| {self.real_time} | {self.network_ms:.1f} | {self.overhead_ms:.1f} "
+            f"| {self.gflops_s:.0f} | {100 * self.gflops_s / self.peak_gflops_s:.0f} % |"
         )
 
 
 HEADER = (
-    "| Method | Steps | M | streams | Params (M) | GFLOPs/window | latency p50 ms | p95 ms | ms/stream | FPS "
-    "| real time? | network ms | sampler overhead ms |\n"
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    "| Method | precision | Steps | M | streams | Params (M) | GFLOPs/window | latency p50 ms | p95 ms "
+    "| ms/stream | FPS | real time? | network ms | sampler overhead ms | GFLOP/s | of matmul peak |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, seconds: float = 1.0) -> float:
+    """GFLOP/s of this machine's square ``size`` matrix product in ``dtype`` on ``device`` (best of the
+    repetitions within about ``seconds``, after a warm-up): the limit a network's products approach."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    once()
+    best, spent = math.inf, 0.0
+    while spent < seconds:
+        took = once()
+        best, spent = min(best, took), spent + took
+    return 2 * size**3 / best / 1e9
 
 
 def random_stats(audio_dim: int, seed: int = 0) -> NormStats:
@@ -139,10 +178,20 @@ def measure(
     streams: int = 1,
     model: str = "teacher",
     guidance_interval: tuple[float, float] | None = None,
+    precision: str = "auto",
+    peaks: dict[torch.dtype, float] | None = None,
 ) -> Row:
-    """Generate ``windows`` timed windows (after a FLOP-counted and a plain warm-up window)."""
+    """Generate ``windows`` timed windows (after a FLOP-counted and a plain warm-up window).
+
+    ``peaks``: the machine's matmul GFLOP/s per dtype, measured on first need and kept there.
+    """
     audio_dim = AUDIO_DIM[preset]
     denoiser = build_network(preset, model).to(device).eval()
+    dtype = select_precision(precision, device, count_parameters(denoiser))
+    denoiser.compute_in(dtype)
+    peaks = {} if peaks is None else peaks
+    if dtype not in peaks:
+        peaks[dtype] = matmul_peak(dtype, device)
     counter = CountingDenoiser(denoiser)
     gen = OnlineReactionGenerator(
         counter,
@@ -186,6 +235,7 @@ def measure(
     return Row(
         preset=preset,
         model=model,
+        precision=next(name for name, d in PRECISIONS.items() if d == dtype),
         steps=steps,
         samples=samples,
         streams=streams,
@@ -196,6 +246,7 @@ def measure(
         p95_ms=float(np.percentile(lat_ms, 95)),
         network_ms=float(np.median(net_ms)),
         overhead_ms=float(np.median(lat_ms - net_ms)),
+        peak_gflops_s=peaks[dtype],
     )
 
 
@@ -292,6 +343,12 @@ def main() -> None:
     )
     parser.add_argument("--streams", default="1", help="conversations batched in lockstep (comma-separated)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", *PRECISIONS],
+        help="what the network computes in (auto: reactdiff.devices.select_precision)",
+    )
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch CPU threads")
     parser.add_argument("--no-audio", action="store_true", help="skip timing the audio encoders")
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown report here")
@@ -307,12 +364,15 @@ def main() -> None:
 
     load_before = load_average()
     rows: list[Row] = []
+    peaks: dict[torch.dtype, float] = {}
     print(HEADER.splitlines()[0], file=sys.stderr)
     for preset in presets:
         windows = args.windows or (3 if preset == "paper" else 20)
         for kwargs in _plan(args, preset, device):
             start = time.perf_counter()
-            row = measure(preset, windows=windows, device=device, **kwargs)
+            row = measure(
+                preset, windows=windows, device=device, precision=args.precision, peaks=peaks, **kwargs
+            )
             rows.append(row)
             took = time.perf_counter() - start
             print(f"{row.markdown()}  [{took:.0f} s]", file=sys.stderr, flush=True)
@@ -332,6 +392,9 @@ def main() -> None:
         *(row.markdown() for row in rows),
         "",
     ]
+    for dtype, peak in peaks.items():
+        name = next(n for n, d in PRECISIONS.items() if d == dtype)
+        lines.append(f"- Matrix product peak measured here ({name}, 2048 x 2048 x 2048): {peak:.0f} GFLOP/s.")
     for preset in presets:
         mine = [r for r in rows if r.preset == preset]
         if mine:

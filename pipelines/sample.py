@@ -87,8 +87,10 @@ def example_seeds(seed: int, split: str, examples: Sequence[Mapping[str, str]]) 
 
 
 @lru_cache(maxsize=1)
-def _model(which: str, device: str):
-    return load_denoiser(model_path(which), device=select_device(device), use_ema=True)
+def _model(which: str, device: str, precision: str):
+    model = load_denoiser(model_path(which), device=select_device(device), use_ema=True, precision=precision)
+    print(f"[sample] the {which} computes in {str(model.network.dtype).removeprefix('torch.')}", flush=True)
+    return model
 
 
 @lru_cache(maxsize=1)
@@ -150,7 +152,7 @@ def sample_group(index: int, examples: list[dict], params: Params, scratch: str,
     tables, windows, started = [], 0, time.perf_counter()
     for n, batch in sorted(by_length.items()):
         generator = OnlineReactionGenerator(
-            _model(cfg.model, cfg.device),
+            _model(cfg.model, cfg.device, cfg.precision),
             stats,
             window=w,
             samples=cfg.samples,
@@ -195,7 +197,7 @@ def speed(params: Params, examples: list[dict], windows: int = 4) -> dict[str, f
     )
     if speaker is None:
         return {}
-    model = _model(cfg.model, cfg.device)
+    model = _model(cfg.model, cfg.device, cfg.precision)
     cost = online_speed(
         model,
         NormStats.load(FEATURES / STATS_FILE),

@@ -103,6 +103,18 @@ class Conditions:
     def to(self, device: torch.device | str) -> Conditions:
         return self._map(lambda t: t.to(device))
 
+    def astype(self, dtype: torch.dtype) -> Conditions:
+        """The floating-point coefficient tensors cast to ``dtype`` (the frame index and mask unchanged)."""
+        if self.speaker_face.dtype == dtype:
+            return self
+        return replace(
+            self,
+            speaker_face=self.speaker_face.to(dtype),
+            speaker_audio=self.speaker_audio.to(dtype),
+            past=self.past.to(dtype),
+            history=None if self.history is None else self.history.to(dtype),
+        )
+
     def index(self, idx: Tensor | slice | int | list[int]) -> Conditions:
         """Rows ``idx`` of every tensor (an int keeps the batch dimension)."""
         if isinstance(idx, int):

@@ -183,6 +183,9 @@ class SampleParams(_Section):
     """Examples generated in lockstep as one denoiser batch (whole sessions per task): bigger batches
     use the cores (or GPU) better; each example keeps its own seed whatever the batch."""
     device: Device = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """What the network computes in (:func:`reactdiff.devices.select_precision`): ``auto`` is bf16 on GPUs
+    and, for networks of 5M parameters or more, on CPUs with native bf16; fp32 otherwise."""
     runner: Literal["thread", "process", "dask"] = "thread"
     workers: int = Field(default=0, ge=0)
     dask_address: str | None = None

@@ -64,7 +64,12 @@ from reactdiff.model import Denoiser, NetworkConfig, ReactionUNet, count_paramet
 from reactdiff.noise import SIGMA_MAX, SIGMA_MIN, karras_sigmas, sample_training_sigmas
 from reactdiff.samplers import Denoiser as DenoiserFn
 from reactdiff.samplers import guided, sample_dpmpp_2m
-from reactdiff.training.checkpointing import load_checkpoint, restore_rng_state, rng_state
+from reactdiff.training.checkpointing import (
+    load_checkpoint,
+    load_optimizer_state,
+    restore_rng_state,
+    rng_state,
+)
 from reactdiff.training.config import CHECKPOINT_FORMAT, WindowSource, _plain, seed_for
 from reactdiff.training.data import (
     WindowSampler,
@@ -473,7 +478,7 @@ class _Distiller:
             self.student.load_state_dict(ckpt["model"])
             self.ema.load_state_dict(ckpt["ema"])
             self.target.load_state_dict(ckpt["target"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            load_optimizer_state(self.optimizer, ckpt["optimizer"])
             restore_rng_state(ckpt["rng"])
             self.pool.resumed = ckpt.get("pool")
             self.start = int(ckpt["step"])

@@ -211,17 +211,30 @@ class WindowPrior(nn.Module):
         return (self._temporal(self.past_gain[None], (past - mean) @ basis) + level) @ basis.T + mean
 
     def skip(
-        self, x: Tensor, sigma: Tensor | float, past: Tensor | None = None, history: Tensor | None = None
+        self,
+        x: Tensor,
+        sigma: Tensor | float,
+        past: Tensor | None = None,
+        history: Tensor | None = None,
+        *,
+        prediction: Tensor | None = None,
     ) -> Tensor:
         """Wiener estimate ``E[x0 | x, past, history]`` ``[B, w, D]`` of noised windows ``x`` at ``sigma``.
 
         ``past`` ``[B, w, D]``: the previous windows (``None``: the prior's mean stands for the
-        prediction); ``history`` ``[B, D]``: see :meth:`predict`.
+        prediction); ``history`` ``[B, D]``: see :meth:`predict`; ``prediction``: :meth:`predict`'s
+        result when the caller has it already (then ``past`` and ``history`` are not read).
         """
-        return self._shrink(x, sigma, past, history, power=1.0)
+        return self._shrink(x, sigma, past, history, prediction, power=1.0)
 
     def flow(
-        self, x: Tensor, sigma: Tensor | float, past: Tensor | None = None, history: Tensor | None = None
+        self,
+        x: Tensor,
+        sigma: Tensor | float,
+        past: Tensor | None = None,
+        history: Tensor | None = None,
+        *,
+        prediction: Tensor | None = None,
     ) -> Tensor:
         """Where the Gaussian model's probability-flow ODE trajectory through ``x`` at ``sigma`` ends.
 
@@ -232,16 +245,23 @@ class WindowPrior(nn.Module):
         tends to the mean at high noise, it maps every noise to its own sample, with the windows'
         covariance. Arguments as in :meth:`skip`.
         """
-        return self._shrink(x, sigma, past, history, power=0.5)
+        return self._shrink(x, sigma, past, history, prediction, power=0.5)
 
     def _shrink(
-        self, x: Tensor, sigma: Tensor | float, past: Tensor | None, history: Tensor | None, power: float
+        self,
+        x: Tensor,
+        sigma: Tensor | float,
+        past: Tensor | None,
+        history: Tensor | None,
+        prediction: Tensor | None,
+        power: float,
     ) -> Tensor:
         """``prediction + (C (C + sigma^2 I)^-1)^power (x - prediction)`` in the prior's axes."""
         sigma = self._per_row(sigma, x.shape[0])
         levels = self._levels(sigma)
         basis = self.basis.to(x.dtype)
-        prediction = self.mean.to(x.dtype) if past is None else self.predict(past, history)
+        if prediction is None:
+            prediction = self.mean.to(x.dtype) if past is None else self.predict(past, history)
         gain = (self.eigvals / (self.eigvals + levels[:, None, None] ** 2)) ** power  # [1 or B, D, w]
         gain = gain.to(x.dtype)
         eigvecs = self.eigvecs.to(x.dtype)
@@ -263,8 +283,20 @@ class WindowPrior(nn.Module):
         factor = torch.linalg.cholesky(cov)
         return torch.where(sigma[:, None, None, None] > 0, factor, torch.zeros_like(factor))
 
-    def scale_output(self, out: Tensor, sigma: Tensor | float) -> Tensor:
-        """``L(sigma) F`` ``[B, w, D]`` of the network output ``F`` ``[B, w, D]`` (channel d = axis d)."""
+    def scale_output(
+        self, out: Tensor, sigma: Tensor | float, factors: dict[float, Tensor] | None = None
+    ) -> Tensor:
+        """``L(sigma) F`` ``[B, w, D]`` of the network output ``F`` ``[B, w, D]`` (channel d = axis d).
+
+        ``factors``: a cache of ``L`` per noise level that the caller keeps for as long as this prior
+        does not change (a sampler's window: its steps meet the same levels for every row).
+        """
         levels = self._levels(self._per_row(sigma, out.shape[0]))
-        factor = self.error_factor(levels)
+        if factors is None or levels.numel() != 1:
+            factor = self.error_factor(levels)
+        else:
+            level = float(levels)
+            if level not in factors:
+                factors[level] = self.error_factor(levels).to(out.dtype)
+            factor = factors[level]
         return self._temporal(factor, out) @ self.basis.T.to(out.dtype)

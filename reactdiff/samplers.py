@@ -42,6 +42,7 @@ __all__ = [
     "Denoiser",
     "GuidableConditions",
     "guided",
+    "prepare",
     "sample",
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",
@@ -101,6 +102,8 @@ def guided(denoiser: Denoiser, scale: float, interval: tuple[float, float] | Non
         if not 0 <= lo <= hi:
             raise ValueError(f"guidance interval must be 0 <= lo <= hi, got {interval}")
 
+    batched: list[Any] = [None, None, None]  # the last conditions, without speaker, and both batched
+
     def guided_denoiser(x: Tensor, sigma: Tensor, cond: Any) -> Tensor:
         if cond is None:
             return denoiser(x, sigma, cond)
@@ -116,14 +119,18 @@ def guided(denoiser: Denoiser, scale: float, interval: tuple[float, float] | Non
                 return denoiser(x, sigma, cond)
             if bool(inside.all()):
                 inside = None
-        uncond_cond = cond.drop_speaker()
+        if cond is not batched[0]:  # a solver passes the same conditions at every step: batch them once
+            batched[:] = [cond, cond.drop_speaker(), None]
+        uncond_cond = batched[1]
         if scale == 0:
             out = denoiser(x, sigma, uncond_cond)
             if inside is None:
                 return out
             conditional = denoiser(x, sigma, cond)
         else:
-            both = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), cond.cat(uncond_cond))
+            if batched[2] is None:
+                batched[2] = cond.cat(uncond_cond)
+            both = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), batched[2])
             conditional, unconditional = both.chunk(2)
             out = unconditional + scale * (conditional - unconditional)
         if inside is None:
@@ -131,6 +138,17 @@ def guided(denoiser: Denoiser, scale: float, interval: tuple[float, float] | Non
         return torch.where(inside.reshape(-1, *([1] * (x.ndim - 1))), out, conditional)
 
     return guided_denoiser
+
+
+def prepare(denoiser: Denoiser, cond: Any) -> Any:
+    """``denoiser.prepare(cond)`` where the denoiser has it, else ``cond``.
+
+    A denoiser may derive from the conditions, once, what all its evaluations of a batch share (a
+    network's projections of the speaker, its recurrent states; :meth:`reactdiff.model.Denoiser.prepare`)
+    and accept the result in their place at every step; :func:`sample` prepares before its first step.
+    """
+    method = getattr(denoiser, "prepare", None)
+    return cond if method is None or cond is None else method(cond)
 
 
 class CountingDenoiser:
@@ -155,6 +173,13 @@ class CountingDenoiser:
         self.calls = 0
         self.rows = 0
         self.seconds = 0.0
+
+    def prepare(self, cond: Any) -> Any:
+        """The wrapped denoiser's :func:`prepare` (its once-per-window work is network time too)."""
+        start = time.perf_counter()
+        prepared = prepare(self.denoiser, cond)
+        self.seconds += time.perf_counter() - start
+        return prepared
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
         sync = self.synchronize and x.is_cuda
@@ -353,6 +378,7 @@ def sample(
     schedule = consistency_sigmas if solver == "consistency" else karras_sigmas
     sigmas = schedule(steps, sigma_min=sigma_min, sigma_max=sigma_max)
     x_T = sigma_max * _randn(shape, generator, device, dtype)
+    cond = prepare(denoiser, cond)
     net = guided(denoiser, guidance_scale, guidance_interval)
     if solver == "consistency":
         return sample_consistency(net, x_T, sigmas, cond, generator=generator, sigma_min=sigma_min)

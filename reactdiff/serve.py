@@ -68,6 +68,7 @@ from reactdiff.config import SampleParams
 from reactdiff.demo import DemoSession, WindowPainter, page, render_options
 from reactdiff.features import NormStats
 from reactdiff.online import NonFiniteOutput, OnlineReactionGenerator, RejectedInput
+from reactdiff.samplers import prepare
 from reactdiff.serve_pool import ConversationFailed, ProcessConversations
 
 __all__ = ["BatchingDenoiser", "LocalConversations", "ServeConfig", "create_app", "main"]
@@ -108,7 +109,12 @@ class BatchingDenoiser:
             self.active -= 1
             self._cv.notify()  # the worker may be waiting for this caller's next call
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditions) -> torch.Tensor:
+    def prepare(self, cond: Conditions) -> Any:
+        """The wrapped denoiser's once-per-window work, done in the caller's thread (it is per row, and
+        the batch then concatenates prepared conditions: :meth:`reactdiff.model.PreparedConditions.cat`)."""
+        return prepare(self.denoiser, cond)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
         call: dict[str, Any] = {"args": (x, sigma, cond), "done": threading.Event()}
         with self._cv:
             self._pending.append(call)
@@ -579,6 +585,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--token", default=os.environ.get("REACTDIFF_TOKEN"))
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="what the network computes in (auto: bf16 on GPUs and, for large networks, on bf16 CPUs)",
+    )
     parser.add_argument("--max-connections", type=int, default=ServeConfig.max_connections)
     parser.add_argument("--workers", type=int, default=0, help="worker processes on CPU (0: one per core)")
     parser.add_argument(
@@ -599,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     device = select_device(args.device)
     checkpoint = resolve_model(args.model)
-    denoiser = load_denoiser(checkpoint, device=device)
+    denoiser = load_denoiser(checkpoint, device=device, precision=args.precision)
     config = ServeConfig(
         token=args.token,
         max_connections=args.max_connections,

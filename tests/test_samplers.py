@@ -334,6 +334,54 @@ def test_guidance_costs_one_batched_call_per_step(scale: float, calls_rows: int)
     assert (counter.calls, counter.rows, counter.seconds) == (0, 0, 0.0)
 
 
+class _CountingConditions(ToyConditions):
+    """Toy conditions that count how often guidance batches them."""
+
+    cats = 0
+
+    def drop_speaker(self) -> _CountingConditions:
+        return _CountingConditions(self.speaker_mean, torch.zeros_like(self.keep))
+
+    def cat(self, other: ToyConditions) -> ToyConditions:
+        _CountingConditions.cats += 1
+        return super().cat(other)
+
+
+class _PreparingDenoiser:
+    """The toy denoiser with a ``prepare`` that counts its calls and marks what it returns."""
+
+    def __init__(self) -> None:
+        self.prepared = 0
+        self.seen: list[object] = []
+
+    def prepare(self, cond: ToyConditions) -> ToyConditions:
+        self.prepared += 1
+        return _CountingConditions(cond.speaker_mean, cond.keep)
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: ToyConditions) -> Tensor:
+        self.seen.append(cond)
+        return toy_conditional_denoiser(x, sigma, cond)
+
+
+def test_sample_prepares_the_conditions_once_and_guidance_batches_them_once() -> None:
+    denoiser = _PreparingDenoiser()
+    cond = _toy_cond(3, torch.Generator().manual_seed(2))
+    _CountingConditions.cats = 0
+    kwargs = dict(steps=9, solver="sde", generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    out = sample(denoiser, (3, 6, 4), cond, guidance_scale=2.0, device="cpu", **kwargs)
+    assert denoiser.prepared == 1
+    assert _CountingConditions.cats == 1  # one batched [cond; uncond] for all nine steps
+    assert len({id(c) for c in denoiser.seen}) == 1  # the same batched object at every step
+    # Preparing changes the cost, never the result: the plain denoiser gives the same draw.
+    kwargs["generator"] = torch.Generator().manual_seed(3)
+    plain = sample(toy_conditional_denoiser, (3, 6, 4), cond, guidance_scale=2.0, device="cpu", **kwargs)
+    assert torch.equal(out, plain)
+    # A counter in front of it passes the preparation on.
+    counter = CountingDenoiser(denoiser)
+    sample(counter, (3, 6, 4), cond, steps=4, solver="ode", device="cpu", dtype=torch.float64)
+    assert denoiser.prepared == 2
+
+
 @pytest.mark.parametrize("scale", [0.0, 3.0])
 def test_guidance_interval_guides_only_the_rows_inside_it(scale: float) -> None:
     g = torch.Generator().manual_seed(11)

@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from reactdiff import atomic, checkpoints
-from reactdiff.devices import select_device
+from reactdiff.devices import select_device, select_precision
 from reactdiff.model import (
     Denoiser,
     NetworkConfig,
     ReactionUNet,
+    count_parameters,
 )
 from reactdiff.training.config import CHECKPOINT_FORMAT, TrainConfig, _plain
 from reactdiff.training.distributed import _unwrap
@@ -119,13 +120,33 @@ def _model_args(cfg: TrainConfig, audio_dim: int, denoiser: Denoiser) -> dict[st
     }
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, with per-parameter state reshaped to its parameter.
+
+    The network's temporal convolutions keep ``nn.Conv1d``'s weights ``[cout, cin, k]`` flattened to
+    ``[cout, cin * k]`` in the same memory order (:class:`reactdiff.model._TimeConv`): a run checkpointed
+    before that change resumes with its Adam moments intact.
+    """
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.shape != param.shape and value.numel() == param.numel():
+                    optimizer.state[param][key] = value.reshape(param.shape)
+
+
 def load_denoiser(
-    path: Path | str, device: torch.device | str | None = None, use_ema: bool = True
+    path: Path | str,
+    device: torch.device | str | None = None,
+    use_ema: bool = True,
+    precision: str = "fp32",
 ) -> Denoiser:
     """The :class:`Denoiser` of a checkpoint, in eval mode, on ``device`` (``None``: automatic choice).
 
     The network is rebuilt from the stored :class:`NetworkConfig` (not from today's preset tables) and
     loaded with the EMA weights (``use_ema``, the ones meant for sampling) or the raw trained weights.
+    ``precision``: what its network computes in (:func:`reactdiff.devices.select_precision`; the prior
+    stays float64), for sampling.
     """
     device = select_device("auto") if device is None else torch.device(device)
     ckpt = load_checkpoint(path)
@@ -139,4 +160,5 @@ def load_denoiser(
     # which is what the denoiser was built with.
     isotropic = {f"prior.{k}": v for k, v in denoiser.prior.state_dict().items()}
     denoiser.load_state_dict({**isotropic, **state})
-    return denoiser.to(device).eval()
+    denoiser = denoiser.to(device).eval()
+    return denoiser.compute_in(select_precision(precision, device, count_parameters(denoiser)))

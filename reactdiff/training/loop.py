@@ -28,6 +28,7 @@ from reactdiff.model import (
 from reactdiff.training.checkpointing import (
     _model_args,
     load_checkpoint,
+    load_optimizer_state,
     restore_rng_state,
     rng_state,
     save_checkpoint,
@@ -321,7 +322,7 @@ class _Trainer:
             return 0, True
         self.denoiser.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(self.optimizer, ckpt["optimizer"])
         if fp16 and ckpt["scaler"]:
             self.scaler.load_state_dict(ckpt["scaler"])
         restore_rng_state(ckpt["rng"])
