@@ -28,7 +28,7 @@ Measured (the log that used to sit in the metrics module's docstring). The compi
 2.2 ns of CPU time per (pair, cell) for the three default subsets on an idle AMD EPYC (Zen 3) core, up
 to 2.7 ns when other processes share the cores and caches, so the REACT test set (322k alignments of
 750 x 750 frames at 20 neighbours per clip) takes 390 to 490 CPU seconds, 3.5 to 4 minutes on two cores
-(``workers=2``); on an Intel Xeon with AVX-512 it measured about 5.3 ns. At that scale, in CPU seconds:
+(``workers=2``); for an Intel Xeon with AVX-512 see below. At that scale, in CPU seconds:
 FRDist 390 to 490, the learned FD 35, FRSyn 18, FRCorr 5, the stats and dynamics FDs 11, FRDiv, FRVar,
 FRDvs, Jitter and the constant channels together 1 (one compiled pass over ``P``): 460 to 560 in all,
 under 5 minutes on two cores with ``workers=2``. Peak memory is ``P`` (2.8 GB as float32) plus about
@@ -39,6 +39,11 @@ alignment once a whole row of its cumulative costs exceeds the best found so far
 benchmark's data the squared distances to the 20 neighbours spread by 1.5 % (relative std), so even
 knowing the best in advance would skip about 3 % of the rows, and a lane group can only stop when all
 its 16 pairs and three subsets can.
+
+On an Intel Xeon with AVX-512 (Sapphire Rapids class, 2 vCPUs under KVM, shared with other jobs) the DTW
+kernel alone measured 2.0 ns per (pair, cell) and FRDist at 96 clips and 20 neighbours per clip 2.4 ns with
+256-bit vectors, 1.6 and 1.9 ns since the kernel uses 512-bit ones there (reactdiff/metrics/dtw_kernels.py).
+A full run on that machine had been reported at about 5.3 ns, which neither measurement reproduced.
 """
 
 from __future__ import annotations

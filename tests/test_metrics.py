@@ -201,6 +201,71 @@ def test_frdist_compiled_equals_numpy_backend():
             np.testing.assert_allclose(list(got.values()), list(want.values()), rtol=1e-6)
 
 
+def _frdist_both_backends(seed: int = 23) -> tuple[dict, dict]:
+    """FRDist of the three default subsets (one kernel call over both atoms), compiled and numpy."""
+    rng = np.random.default_rng(seed)
+    P = _smooth(rng, (3, 6, 29, N_COEFFS))
+    L = _smooth(rng, (4, 31, N_COEFFS))
+    nb = np.zeros((3, 4), bool)
+    nb[:, 0] = True  # 18 pairs against y 0: a full lane group with y shared, 2 left over
+    nb[[0, 2], [1, 3]] = True  # 12 more left over, pooled with those two: a lane group with y per lane
+    got, want = {}, {}
+    for band in (None, 6):  # a band ends columns inside the eight-column blocks
+        got[band] = frdist(P, L, nb, band=band, backend="numba")
+        want[band] = frdist(P, L, nb, band=band, backend="numpy")
+    return got, want
+
+
+def test_vector_width_follows_the_target_features(monkeypatch):
+    numba = pytest.importorskip("numba")
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx2,+fma,-avx512f")
+    assert not dtw_kernels._wide_vectors()
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx2,+fma,+avx512f")
+    assert dtw_kernels._wide_vectors()
+    assert dtw_kernels._UBLOCK == (8 if dtw_kernels._WIDE else 4)
+
+
+def test_compiled_dtw_256_bit_path_equals_numpy_reference(tmp_path):
+    """The AVX2 path (256-bit vectors, four-column blocks) where this machine takes the AVX-512 one.
+
+    This process runs the host's kernels; a child with AVX-512 masked out of ``NUMBA_CPU_FEATURES`` (and a
+    numba cache of its own) compiles what an AVX2-only machine does. Both agree with the float64 reference.
+    """
+    if not dtw_kernels._WIDE:
+        pytest.skip("no AVX-512 here: the kernels above already ran the 256-bit path")
+    import os
+    import subprocess
+    import sys
+
+    import llvmlite.binding as llvm
+
+    masked = ("avx512", "avx10", "evex512", "amx")
+    features = [
+        "-" + f[1:] if f[1:].startswith(masked) else f
+        for f in llvm.get_host_cpu_features().flatten().split(",")
+    ]
+    got, want = _frdist_both_backends()
+    for band in got:
+        np.testing.assert_allclose(list(got[band].values()), list(want[band].values()), rtol=1e-6)
+    code = (
+        "import numpy as np, tests.test_metrics as t\n"
+        "from reactdiff.metrics import dtw_kernels\n"
+        "assert not dtw_kernels._WIDE and dtw_kernels._UBLOCK == 4\n"
+        "got, want = t._frdist_both_backends()\n"
+        "for band in got:\n"
+        "    np.testing.assert_allclose(list(got[band].values()), list(want[band].values()), rtol=1e-6)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {
+        **os.environ,
+        "NUMBA_CPU_FEATURES": ",".join(features),
+        "NUMBA_CACHE_DIR": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    }
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
 def test_compiled_dtw_rejects_bad_input_and_falls_back_without_numba(monkeypatch):
     rng = np.random.default_rng(22)
     x, y = rng.normal(size=(2, 5, 3)), rng.normal(size=(2, 6, 3))

@@ -28,18 +28,59 @@ from reactdiff.metrics.dtw_reference import _dtw_abs_numpy, _dtw_euclidean_numpy
 # array and each step is a handful of vector instructions. Pairs that share their y (one real reaction
 # against many generated ones, which is how FRDist's pairs come) broadcast y from memory; otherwise y has a
 # lane axis too. Local costs are float32 (inputs are first centred on the mean of y in float64, so no
-# precision is lost to large offsets); path sums are float64. Measured on AMD EPYC (Zen 3, AVX2) at T = U =
-# 750, 58 dims, three subsets: 2.2 ns of CPU time per (pair, cell) with shared y (5.3 cycles at 2.45 GHz;
-# the 58 subtractions and 58 FMAs per pair and cell alone need 3.6), about 5 ns without.
+# precision is lost to large offsets); path sums are float64.
+#
+# Speed, in CPU time per (pair, cell) at T = U = 750, 58 dims, three subsets, with shared y:
+# - AMD EPYC (Zen 3, AVX2): 2.2 ns (5.3 cycles at 2.45 GHz; the 58 subtractions and 58 FMAs per pair and
+#   cell alone need 3.6), about 5 ns without shared y.
+# - Intel Xeon with AVX-512 (Sapphire Rapids class: AVX512-FP16 and AMX, 2 vCPUs under KVM): 2.0 ns with
+#   256-bit vectors as before, 1.6 ns with the 512-bit path below (1.25x, old and new kernels timed in
+#   turn in one process on a machine shared with other jobs; FRDist end to end at 96 clips and 20
+#   neighbours per clip, 2 workers: 2.4 -> 1.9 ns). Without shared y, 7.7 ns either way: the per-lane y of
+#   a 750-frame alignment (2.8 MB) overflows this core's 2 MB L2 and is read from L3 on every row.
+#
+# The local costs are bound by floating-point issue. Zen 3 issues two 256-bit FMAs and two 256-bit adds per
+# cycle; this Xeon about three 256-bit or two 512-bit operations (a loop of independent vsubps and vfmadd231ps
+# timed against an imul-latency clock), so 512-bit vectors process 1.3x the lanes. LLVM's Intel tunings prefer
+# 256-bit vectors even where AVX-512 exists, so numba, which compiles for the host CPU, emits only ymm
+# registers there; _prefer_wide_vectors lifts that for the squared-Euclidean kernel. One 512-bit register then
+# holds all LANES, so a block of four columns would leave four FMA accumulation chains, each waiting on its
+# own latency: with 512-bit vectors _UBLOCK is 8 (eight chains, 1.08x over four). AVX2 has 16 vector
+# registers, which eight columns of two 256-bit halves would overflow, so there it stays 4 and the code is the
+# same as before. The choice follows the CPU features numba compiles for (_wide_vectors), which also key
+# numba's cache. The abs kernel keeps 256-bit vectors: its time is in the recurrence, and 512-bit ones
+# measured 7-10% slower there. Not measured: Skylake-SP and other first-generation AVX-512 Xeons, whose
+# 512-bit clock penalty is why LLVM prefers 256 bits on Intel.
 #
 # Codegen notes, all measured: the per-lane accumulators and the diagonal / left carries live on the stack
-# (_stack_array), because LLVM keeps heap arrays in memory (it cannot rule out aliasing), 2x slower; flat
-# indices are cast to uint64 so that numba emits no negative-index wraparound, which otherwise blocks
-# vectorisation of the recurrence; fastmath is limited to "contract" (fused multiply-add) since the row
-# buffers use inf sentinels that the no-infs flag of full fastmath would let LLVM assume away.
+# (_stack_array), because LLVM keeps heap arrays in memory (it cannot rule out aliasing), 2x slower; a loop
+# over a block's columns with indexed accumulators stays in memory too, 8x slower, hence the columns written
+# out in _sq_cols4 / _sq_cols8; flat indices are cast to uint64 so that numba emits no negative-index
+# wraparound, which otherwise blocks vectorisation of the recurrence; fastmath is limited to "contract"
+# (fused multiply-add) since the row buffers use inf sentinels that the no-infs flag of full fastmath would
+# let LLVM assume away.
 
-LANES = 16  # alignments per kernel call: two AVX2 vectors of float32
-_UBLOCK = 4  # columns whose costs accumulate together in registers
+
+def _wide_vectors() -> bool:
+    """Whether numba compiles for 512-bit vectors: AVX-512F among the CPU features it targets.
+
+    Those are ``NUMBA_CPU_FEATURES`` or else the host's (as numba reads them), the string that also keys
+    numba's cache, so code cached under one choice is never loaded where the other holds.
+    """
+    if numba is None:
+        return False
+    features = getattr(numba.config, "CPU_FEATURES", None)
+    if features is None:
+        from numba.core.codegen import get_host_cpu_features
+
+        features = get_host_cpu_features()
+    flags = set(features.split(","))
+    return "+avx512f" in flags and "-evex512" not in flags
+
+
+_WIDE = _wide_vectors()
+LANES = 16  # alignments per kernel call: two AVX2 vectors of float32, one AVX-512 vector
+_UBLOCK = 8 if _WIDE else 4  # columns whose costs accumulate together in registers (see above)
 _SPAN = 8  # columns per dynamic-programming pass over the buffered costs
 _MAX_SUBSETS = 3  # subsets per euclidean kernel call (each is the sum of at most two column atoms)
 _CARRY = _MAX_SUBSETS * LANES  # a literal for _stack_array: the per-subset diagonal / left carries
@@ -79,6 +120,24 @@ if numba is not None:
 
         return array_type(size, dtype), codegen
 
+    @_intrinsic
+    def _prefer_wide_vectors(typingctx):
+        """Lets LLVM vectorise the calling function with 512-bit registers where the target has them.
+
+        LLVM's Intel tunings prefer 256-bit vectors even with AVX-512 (for the clock penalty of 512-bit code
+        on the first AVX-512 Xeons); for the local costs the wider ones pay (see above). Without AVX-512 the
+        attribute is not set, and would change nothing.
+        """
+
+        def codegen(context, builder, signature, args):
+            attributes = builder.function.attributes
+            if _WIDE and isinstance(attributes, set):
+                # llvmlite's FunctionAttributes only admits LLVM's keyword attributes, not string ones
+                set.add(attributes, '"prefer-vector-width"="512"')
+            return context.get_dummy_value()
+
+        return _nbtypes.none(), codegen
+
     @_overload(_lane, inline="always")
     def _lane_overload(row, d, l):
         if row.ndim == 1:
@@ -107,6 +166,74 @@ if numba is not None:
             diag[s * LANES + l] = dg
             left[s * LANES + l] = lf
 
+    @numba.njit(inline="always")
+    def _sq_cols4(xi, y, d0, d1, u0, a0, a1, a2, a3):
+        """``a<c>[l] += sum((xi[d, l] - y[u0 + c, d(, l)]) ** 2 for d0 <= d < d1)`` for four columns."""
+        y0 = y[_u64(u0)]
+        y1 = y[_u64(u0 + 1)]
+        y2 = y[_u64(u0 + 2)]
+        y3 = y[_u64(u0 + 3)]
+        for d in range(d0, d1):
+            du = _u64(d)
+            xd = xi[du]
+            for l in range(LANES):
+                xv = xd[l]
+                t0 = xv - _lane(y0, du, l)
+                t1 = xv - _lane(y1, du, l)
+                t2 = xv - _lane(y2, du, l)
+                t3 = xv - _lane(y3, du, l)
+                a0[l] += t0 * t0
+                a1[l] += t1 * t1
+                a2[l] += t2 * t2
+                a3[l] += t3 * t3
+
+    @numba.njit(inline="always")
+    def _sq_cols8(xi, y, d0, d1, u0, a0, a1, a2, a3, a4, a5, a6, a7):
+        """:func:`_sq_cols4` for eight columns: eight independent accumulation chains, one register each."""
+        y0 = y[_u64(u0)]
+        y1 = y[_u64(u0 + 1)]
+        y2 = y[_u64(u0 + 2)]
+        y3 = y[_u64(u0 + 3)]
+        y4 = y[_u64(u0 + 4)]
+        y5 = y[_u64(u0 + 5)]
+        y6 = y[_u64(u0 + 6)]
+        y7 = y[_u64(u0 + 7)]
+        for d in range(d0, d1):
+            du = _u64(d)
+            xd = xi[du]
+            for l in range(LANES):
+                xv = xd[l]
+                t0 = xv - _lane(y0, du, l)
+                t1 = xv - _lane(y1, du, l)
+                t2 = xv - _lane(y2, du, l)
+                t3 = xv - _lane(y3, du, l)
+                t4 = xv - _lane(y4, du, l)
+                t5 = xv - _lane(y5, du, l)
+                t6 = xv - _lane(y6, du, l)
+                t7 = xv - _lane(y7, du, l)
+                a0[l] += t0 * t0
+                a1[l] += t1 * t1
+                a2[l] += t2 * t2
+                a3[l] += t3 * t3
+                a4[l] += t4 * t4
+                a5[l] += t5 * t5
+                a6[l] += t6 * t6
+                a7[l] += t7 * t7
+
+    @numba.njit(inline="always")
+    def _put_costs(Cs, o, wa, wb, a0, a1, a2, a3, b0, b1, b2, b3, u0, hi):
+        """One subset's local costs ``wa * a<c> + wb * b<c>`` of columns ``u0 + c`` into ``Cs[o:]``, c < 4."""
+        # Columns past the band or the end are unreachable: infinite cost.
+        p0 = np.float32(0.0) if u0 <= hi else np.float32(np.inf)
+        p1 = np.float32(0.0) if u0 + 1 <= hi else np.float32(np.inf)
+        p2 = np.float32(0.0) if u0 + 2 <= hi else np.float32(np.inf)
+        p3 = np.float32(0.0) if u0 + 3 <= hi else np.float32(np.inf)
+        for l in range(LANES):
+            Cs[_u64(o + l)] = wa * a0[l] + wb * b0[l] + p0
+            Cs[_u64(o + LANES + l)] = wa * a1[l] + wb * b1[l] + p1
+            Cs[_u64(o + 2 * LANES + l)] = wa * a2[l] + wb * b2[l] + p2
+            Cs[_u64(o + 3 * LANES + l)] = wa * a3[l] + wb * b3[l] + p3
+
     @numba.njit(**_JIT)
     def _row_bounds(i, U, band):
         if band < 0:
@@ -127,14 +254,23 @@ if numba is not None:
         T = xg.shape[0]
         U = y.shape[0] - _SPAN
         S = weights.shape[0]
+        _prefer_wide_vectors()
         a0 = _stack_array(LANES, np.float32)
         a1 = _stack_array(LANES, np.float32)
         a2 = _stack_array(LANES, np.float32)
         a3 = _stack_array(LANES, np.float32)
+        a4 = _stack_array(LANES, np.float32)
+        a5 = _stack_array(LANES, np.float32)
+        a6 = _stack_array(LANES, np.float32)
+        a7 = _stack_array(LANES, np.float32)
         b0 = _stack_array(LANES, np.float32)
         b1 = _stack_array(LANES, np.float32)
         b2 = _stack_array(LANES, np.float32)
         b3 = _stack_array(LANES, np.float32)
+        b4 = _stack_array(LANES, np.float32)
+        b5 = _stack_array(LANES, np.float32)
+        b6 = _stack_array(LANES, np.float32)
+        b7 = _stack_array(LANES, np.float32)
         diag = _stack_array(_CARRY, np.float64)
         left = _stack_array(_CARRY, np.float64)
         R[:] = np.inf
@@ -150,60 +286,37 @@ if numba is not None:
                 # Local costs of the span's columns, _UBLOCK columns x LANES lanes accumulated in registers.
                 for ub in range(0, _SPAN, _UBLOCK):
                     u0 = us + ub
-                    y0 = y[_u64(u0)]
-                    y1 = y[_u64(u0 + 1)]
-                    y2 = y[_u64(u0 + 2)]
-                    y3 = y[_u64(u0 + 3)]
                     for l in range(LANES):
                         a0[l] = 0.0
                         a1[l] = 0.0
                         a2[l] = 0.0
                         a3[l] = 0.0
+                        a4[l] = 0.0
+                        a5[l] = 0.0
+                        a6[l] = 0.0
+                        a7[l] = 0.0
                         b0[l] = 0.0
                         b1[l] = 0.0
                         b2[l] = 0.0
                         b3[l] = 0.0
-                    for d in range(bounds[0], bounds[1]):
-                        du = _u64(d)
-                        xd = xi[du]
-                        for l in range(LANES):
-                            xv = xd[l]
-                            t0 = xv - _lane(y0, du, l)
-                            t1 = xv - _lane(y1, du, l)
-                            t2 = xv - _lane(y2, du, l)
-                            t3 = xv - _lane(y3, du, l)
-                            a0[l] += t0 * t0
-                            a1[l] += t1 * t1
-                            a2[l] += t2 * t2
-                            a3[l] += t3 * t3
-                    for d in range(bounds[2], bounds[3]):
-                        du = _u64(d)
-                        xd = xi[du]
-                        for l in range(LANES):
-                            xv = xd[l]
-                            t0 = xv - _lane(y0, du, l)
-                            t1 = xv - _lane(y1, du, l)
-                            t2 = xv - _lane(y2, du, l)
-                            t3 = xv - _lane(y3, du, l)
-                            b0[l] += t0 * t0
-                            b1[l] += t1 * t1
-                            b2[l] += t2 * t2
-                            b3[l] += t3 * t3
-                    # Columns past the band or the end are unreachable: infinite cost.
-                    p0 = np.float32(0.0) if u0 <= hi else np.float32(np.inf)
-                    p1 = np.float32(0.0) if u0 + 1 <= hi else np.float32(np.inf)
-                    p2 = np.float32(0.0) if u0 + 2 <= hi else np.float32(np.inf)
-                    p3 = np.float32(0.0) if u0 + 3 <= hi else np.float32(np.inf)
+                        b4[l] = 0.0
+                        b5[l] = 0.0
+                        b6[l] = 0.0
+                        b7[l] = 0.0
+                    if _UBLOCK == 8:  # a constant: one branch is compiled
+                        _sq_cols8(xi, y, bounds[0], bounds[1], u0, a0, a1, a2, a3, a4, a5, a6, a7)
+                        _sq_cols8(xi, y, bounds[2], bounds[3], u0, b0, b1, b2, b3, b4, b5, b6, b7)
+                    else:
+                        _sq_cols4(xi, y, bounds[0], bounds[1], u0, a0, a1, a2, a3)
+                        _sq_cols4(xi, y, bounds[2], bounds[3], u0, b0, b1, b2, b3)
                     for s in range(S):
                         wa = weights[s, 0]
                         wb = weights[s, 1]
                         Cs = C[s]
                         o = ub * LANES
-                        for l in range(LANES):
-                            Cs[_u64(o + l)] = wa * a0[l] + wb * b0[l] + p0
-                            Cs[_u64(o + LANES + l)] = wa * a1[l] + wb * b1[l] + p1
-                            Cs[_u64(o + 2 * LANES + l)] = wa * a2[l] + wb * b2[l] + p2
-                            Cs[_u64(o + 3 * LANES + l)] = wa * a3[l] + wb * b3[l] + p3
+                        _put_costs(Cs, o, wa, wb, a0, a1, a2, a3, b0, b1, b2, b3, u0, hi)
+                        if _UBLOCK == 8:
+                            _put_costs(Cs, o + 4 * LANES, wa, wb, a4, a5, a6, a7, b4, b5, b6, b7, u0 + 4, hi)
                 for s in range(S):
                     _dp_span(R[s], C[s], diag, left, s, (us + 1) * LANES)
             if i == 0:
