@@ -191,6 +191,11 @@ def test_checkpoint_round_trip(tmp_path, data):
         model.eval()
         assert torch.equal(from_raw(noisy, sigma, cond), model(noisy, sigma, cond))
         assert not torch.equal(from_ema(noisy, sigma, cond), from_raw(noisy, sigma, cond))
+        # Loaded to compute in bf16 for sampling: the network is cast, the prior is not.
+        low = load_denoiser(path, device="cpu", precision="bf16")
+        assert low.network.dtype == torch.bfloat16 and low.prior.basis.dtype == torch.float64
+        assert load_denoiser(path, device="cpu", precision="auto").network.dtype == torch.float32  # tiny
+        torch.testing.assert_close(low(noisy, sigma, cond), from_ema(noisy, sigma, cond), atol=0.05, rtol=0)
 
     bad = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(1)}, bad)
