@@ -63,7 +63,7 @@ from reactdiff.devices import select_device
 from reactdiff.model import Denoiser, NetworkConfig, ReactionUNet, count_parameters
 from reactdiff.noise import SIGMA_MAX, SIGMA_MIN, karras_sigmas, sample_training_sigmas
 from reactdiff.samplers import Denoiser as DenoiserFn
-from reactdiff.samplers import guided, sample_dpmpp_2m
+from reactdiff.samplers import guided, prepare, sample_dpmpp_2m
 from reactdiff.training.checkpointing import (
     load_checkpoint,
     load_optimizer_state,
@@ -174,10 +174,10 @@ def consistency_distillation_loss(
     sigma_lo, sigma_hi = levels[segment], levels[segment + 1]
     x_hi = x0 + sigma_hi[:, None, None] * z
     with torch.no_grad():
-        x_lo, sigma = x_hi, sigma_hi
+        x_lo, sigma, teacher_cond = x_hi, sigma_hi, prepare(teacher, cond)
         for k in range(1, substeps + 1):  # geometric sub-levels from sigma_hi down to sigma_lo
             sigma_next = sigma_hi ** (1 - k / substeps) * sigma_lo ** (k / substeps)
-            x_lo, sigma = teacher_ode_step(teacher, x_lo, sigma, sigma_next, cond), sigma_next
+            x_lo, sigma = teacher_ode_step(teacher, x_lo, sigma, sigma_next, teacher_cond), sigma_next
         aim = torch.where((segment == 0)[:, None, None], x_lo, target(x_lo, sigma_lo, cond))
     return (student(x_hi, sigma_hi, cond) - aim).pow(2).mean()
 
@@ -220,7 +220,7 @@ def teacher_trajectories(
         states.append(x)
         return teacher(x, sigma, c)
 
-    ends = sample_dpmpp_2m(recording, x_T, sigmas, cond)
+    ends = sample_dpmpp_2m(recording, x_T, sigmas, prepare(teacher, cond))
     return torch.stack(states[:-1]), sigmas[:-2], ends
 
 
@@ -243,7 +243,8 @@ def ode_gap(
     """
     z = torch.randn((2, *x0.shape), generator=generator).to(x0)
     sigmas = karras_sigmas(teacher_steps).to(x0.device)
-    ends = [sample_dpmpp_2m(teacher, SIGMA_MAX * z[i], sigmas, cond) for i in range(2)]
+    teacher_cond = prepare(teacher, cond)  # the student's evaluation below has its own network
+    ends = [sample_dpmpp_2m(teacher, SIGMA_MAX * z[i], sigmas, teacher_cond) for i in range(2)]
     jump = student(SIGMA_MAX * z[0], torch.full((x0.shape[0],), SIGMA_MAX, device=x0.device), cond)
     return {
         "one_step_gap": float((jump - ends[0]).pow(2).mean()),

@@ -764,7 +764,8 @@ class Denoiser(nn.Module):
         and the prior's prediction from the past. A sampler prepares once per window (``sample`` does)
         instead of at each of its steps; valid for as long as these weights do not change."""
         if isinstance(cond, PreparedConditions):
-            return cond
+            # Another network's context would run silently through this one (a teacher's, a student's).
+            return cond if cond.owner is self else self.prepare(cond.conditions)
         # A stand-in network (tests) has no context to prepare; it is called with the conditions alone.
         context = self.network.context(cond) if isinstance(self.network, ReactionUNet) else None
         with torch.autocast(cond.past.device.type, enabled=False):  # see forward: the prior stays precise

@@ -101,10 +101,23 @@ def guided(denoiser: Denoiser, scale: float, interval: tuple[float, float] | Non
         lo, hi = (float(v) for v in interval)
         if not 0 <= lo <= hi:
             raise ValueError(f"guidance interval must be 0 <= lo <= hi, got {interval}")
+    return _GuidedDenoiser(denoiser, scale, interval)
 
-    batched: list[Any] = [None, None, None]  # the last conditions, without speaker, and both batched
 
-    def guided_denoiser(x: Tensor, sigma: Tensor, cond: Any) -> Tensor:
+class _GuidedDenoiser:
+    """What :func:`guided` returns for a scale other than 1: a denoiser of the guided estimate, which
+    prepares conditions as the denoiser it guides does (so a solver driven by it prepares once)."""
+
+    def __init__(self, denoiser: Denoiser, scale: float, interval: tuple[float, float] | None) -> None:
+        self.denoiser, self.scale = denoiser, scale
+        self.interval = None if interval is None else (float(interval[0]), float(interval[1]))
+        self.batched: list[Any] = [None, None, None]  # the last conditions, without speaker, and both batched
+
+    def prepare(self, cond: Any) -> Any:
+        return prepare(self.denoiser, cond)
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Any) -> Tensor:
+        denoiser, scale, batched = self.denoiser, self.scale, self.batched
         if cond is None:
             return denoiser(x, sigma, cond)
         if not isinstance(cond, GuidableConditions):
@@ -113,7 +126,8 @@ def guided(denoiser: Denoiser, scale: float, interval: tuple[float, float] | Non
                 f"got {type(cond).__name__}"
             )
         inside = None
-        if interval is not None:
+        if self.interval is not None:
+            lo, hi = self.interval
             inside = (sigma >= lo) & (sigma <= hi)
             if not bool(inside.any()):
                 return denoiser(x, sigma, cond)
@@ -136,8 +150,6 @@ def guided(denoiser: Denoiser, scale: float, interval: tuple[float, float] | Non
         if inside is None:
             return out
         return torch.where(inside.reshape(-1, *([1] * (x.ndim - 1))), out, conditional)
-
-    return guided_denoiser
 
 
 def prepare(denoiser: Denoiser, cond: Any) -> Any:

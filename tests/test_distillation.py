@@ -18,6 +18,7 @@ from reactdiff.config import DistillParams
 from reactdiff.distillation import (
     consistency_distillation_loss,
     distill,
+    guided_teacher,
     student_config,
     teacher_ode_step,
     teacher_trajectories,
@@ -131,6 +132,41 @@ def test_trajectory_distillation_reaches_the_teachers_ode_solution() -> None:
     x_T = MU + SIGMA_MAX * torch.randn(256, 4, 3, generator=gen)
     jump = student(x_T, torch.full((256,), SIGMA_MAX))
     torch.testing.assert_close(jump, MU + gains[0] * (x_T - MU), rtol=1e-2, atol=1e-3)
+
+
+class _CountingPreparations(nn.Module):
+    """A denoiser in front of ``inner`` that counts the conditions it prepares."""
+
+    def __init__(self, inner: Denoiser) -> None:
+        super().__init__()
+        self.inner, self.prepared = inner, 0
+
+    def prepare(self, cond):
+        self.prepared += 1
+        return self.inner.prepare(cond)
+
+    def forward(self, x, sigma, cond):
+        return self.inner(x, sigma, cond)
+
+
+def test_the_guided_teachers_trajectories_prepare_the_window_once_and_equal_the_unprepared(windows_dir):
+    data = WindowDataset(windows_dir)
+    teacher = _CountingPreparations(_teacher(data.audio_dim))
+    _, cond = to_model_inputs(data.batch(np.arange(3)), torch.device("cpu"))
+    guided_teacher_fn = guided_teacher(teacher, 2.0, (0.0, 2.0))
+    shape = (3, *cond.past.shape[1:])
+    states, levels, ends = teacher_trajectories(
+        guided_teacher_fn, cond, shape, 6, torch.Generator().manual_seed(1)
+    )
+    assert teacher.prepared == 1  # one preparation for all the solver's evaluations
+    # A plain function hides the preparation: every evaluation derives the window's context afresh.
+    unprepared = guided_teacher(teacher.inner, 2.0, (0.0, 2.0))
+    again = teacher_trajectories(
+        lambda x, s, c: unprepared(x, s, c), cond, shape, 6, torch.Generator().manual_seed(1)
+    )
+    # Equal up to rounding: the guided batch's context is two halves' concatenated, not one computed whole.
+    torch.testing.assert_close(states, again[0])
+    torch.testing.assert_close(ends, again[2])
 
 
 def test_multistep_consistency_sampling_of_the_exact_consistency_function_draws_the_data_law() -> None:

@@ -454,6 +454,12 @@ def test_prepared_conditions_give_the_same_estimates_and_batch_like_conditions()
         assert list(prepared.factors) == [pytest.approx(0.7)]
         assert torch.equal(d(x, level, prepared), first)
         torch.testing.assert_close(first, d(x, level, cond))
+        # Conditions another network prepared are prepared afresh: its context never runs through this one.
+        other = demo(speaker_history=4)
+        theirs = other.prepare(cond)
+        mine = d.prepare(theirs)
+        assert mine is not theirs and mine.owner is d and mine.conditions is cond
+        assert torch.equal(d(x, sigma, theirs), d(x, sigma, cond))
 
 
 def test_bf16_network_stays_close_to_fp32_and_keeps_the_precise_parts() -> None:

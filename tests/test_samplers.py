@@ -376,10 +376,13 @@ def test_sample_prepares_the_conditions_once_and_guidance_batches_them_once() ->
     kwargs["generator"] = torch.Generator().manual_seed(3)
     plain = sample(toy_conditional_denoiser, (3, 6, 4), cond, guidance_scale=2.0, device="cpu", **kwargs)
     assert torch.equal(out, plain)
-    # A counter in front of it passes the preparation on.
+    # A counter in front of it passes the preparation on, and so does guidance driven by a solver alone.
     counter = CountingDenoiser(denoiser)
     sample(counter, (3, 6, 4), cond, steps=4, solver="ode", device="cpu", dtype=torch.float64)
     assert denoiser.prepared == 2
+    guide = guided(denoiser, 2.0, interval=(0.0, 5.0))
+    assert isinstance(guide.prepare(cond), _CountingConditions) and denoiser.prepared == 3
+    assert guided(toy_conditional_denoiser, 2.0).prepare(cond) is cond  # nothing to prepare
 
 
 @pytest.mark.parametrize("scale", [0.0, 3.0])
