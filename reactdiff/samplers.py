@@ -97,11 +97,12 @@ def guided(denoiser: Denoiser, scale: float, interval: tuple[float, float] | Non
     """
     if scale == 1:
         return denoiser
+    bounds = None
     if interval is not None:
-        lo, hi = (float(v) for v in interval)
-        if not 0 <= lo <= hi:
+        bounds = (float(interval[0]), float(interval[1]))
+        if not 0 <= bounds[0] <= bounds[1]:
             raise ValueError(f"guidance interval must be 0 <= lo <= hi, got {interval}")
-    return _GuidedDenoiser(denoiser, scale, interval)
+    return _GuidedDenoiser(denoiser, scale, bounds)
 
 
 class _GuidedDenoiser:
@@ -110,7 +111,7 @@ class _GuidedDenoiser:
 
     def __init__(self, denoiser: Denoiser, scale: float, interval: tuple[float, float] | None) -> None:
         self.denoiser, self.scale = denoiser, scale
-        self.interval = None if interval is None else (float(interval[0]), float(interval[1]))
+        self.interval = interval
         self.batched: list[Any] = [None, None, None]  # the last conditions, without speaker, and both batched
 
     def prepare(self, cond: Any) -> Any:
