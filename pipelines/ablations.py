@@ -12,7 +12,9 @@ Run (a table, several, or all; resumable: finished variants are skipped)::
 ``export`` writes the latest campaign's MLflow records (tags, params, metrics with the training curves;
 not the artifacts) beside the report, and ``import`` recreates them in another store, where ``run``
 resumes the campaign and ``report`` rebuilds the tables: a campaign longer than one machine's session
-moves with the repository, and a reader of the report can open its runs in the MLflow UI.
+moves with the repository, and a reader of the report can open its runs in the MLflow UI. ``run``
+itself rewrites the export after every variant it records (``--export``), so committing that file
+mid-campaign keeps everything recorded so far.
 
 Each variant and seed is ``dvc exp run --name <campaign>-<table>-<variant>-s<seed> -S <every ablation
 key>=<value> -S seed=<seed> evaluate``: a DVC experiment of the one pipeline (``dvc exp show`` lists
@@ -240,9 +242,14 @@ def run_tables(
     jobs: int = 1,
     params_path: Path = DEFAULT_PARAMS,
     seeds: int = 1,
+    export_to: Path | None = EXPORT_FILE,
 ) -> None:
     """Run every variant of ``tables`` with ``seeds`` seeds (``seed``, ``seed + 1``, ... of the base params)
-    as DVC experiments and record each in MLflow; variants and seeds already recorded are skipped."""
+    as DVC experiments and record each in MLflow; variants and seeds already recorded are skipped.
+
+    After each recorded variant the campaign's runs so far are exported to ``export_to``: a campaign
+    outlives the machine it started on once that file is committed (a lost MLflow store then costs
+    the variant in flight, not the campaign)."""
     if seeds < 1:
         raise SystemExit(f"--seeds {seeds}: need at least one seed")
     base = base_params(params_path, sets)
@@ -264,6 +271,8 @@ def run_tables(
     todo = [todo[i] for i in training_order([item[3] for item in todo])]
     print(f"[ablations] campaign {campaign}: {len(todo)} variant(s) to run or record", flush=True)
     if not todo:
+        if export_to is not None:
+            records.write_export(client, experiment_id, campaign, export_to)
         return
 
     keys = [_training_key(item[3]) for item in todo]
@@ -288,11 +297,15 @@ def run_tables(
                 client, experiment_id, parents[table.name], table, variant, campaign, name, rev, seed, files
             )
             print(f"[ablations] {name}: done in {progress.end():.0f} s, MLflow run {run_id}", flush=True)
+            if export_to is not None:
+                records.write_export(client, experiment_id, campaign, export_to)
     finally:
         for path, content in saved.items():  # the workspace goes back to where the batch started
             path.write_bytes(content)
         if jobs <= 1:
             _dvc("checkout", "--quiet", check=False)
+        if export_to is not None:  # the snapshot held the export as the batch found it
+            records.write_export(client, experiment_id, campaign, export_to)
     took = _duration(progress.clock() - progress.started)
     print(f"[ablations] campaign {campaign}: {len(todo)} variant(s) in {took}")
 
@@ -351,7 +364,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--seeds", type=int, default=1, help="seeds per variant (seed, seed + 1, ... of params.yaml)"
     )
     run.add_argument("--jobs", type=int, default=1, help="experiments at a time (>1: DVC queue in temp dirs)")
-    run.add_argument("--no-report", action="store_true", help="skip writing reports/ablations.* at the end")
+    run.add_argument(
+        "--no-report", action="store_true", help="skip writing reports/ablations.{md,csv} at the end"
+    )
+    run.add_argument(
+        "--export",
+        type=Path,
+        default=EXPORT_FILE,
+        help="where the campaign's runs are exported after every variant (commit it to keep them)",
+    )
     report = sub.add_parser("report", help="reports/ablations.{md,csv} from MLflow's records")
     report.add_argument(
         "--campaign",
@@ -390,11 +411,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "run":
         sets = parse_sets(args.sets)
         campaign = args.campaign or campaign_name(sets)
-        run_tables(tables, sets, campaign, jobs=args.jobs, seeds=args.seeds)
-        if not args.no_report:  # the report and the runs it was built from, side by side
+        run_tables(tables, sets, campaign, jobs=args.jobs, seeds=args.seeds, export_to=args.export)
+        if not args.no_report:  # beside the runs it is built from (the export)
             print(f"[ablations] report: {write_report([campaign], 'all', tables, REPORT_DIR)}")
-            client = records.client()
-            records.write_export(client, records.ablations_experiment_id(client), campaign, EXPORT_FILE)
     else:
         print(f"[ablations] report: {write_report(args.campaign, args.subset, tables, args.out)}")
 

@@ -375,3 +375,70 @@ def test_progress_times_training_and_resampling_experiments_apart():
     now[0] = 4000.0
     progress.end()
     assert "elapsed 1h06m40s" not in progress.begin("d") and "elapsed 1h06m" in progress.begin("d")
+
+
+def test_a_campaign_stopped_midway_keeps_its_recorded_variants_in_the_export(tmp_path, monkeypatch):
+    """``run`` rewrites the export after every variant it records: a campaign whose third experiment
+    fails leaves the two recorded before it in the file, an import recreates them in a fresh MLflow
+    store (another machine), and ``run`` there resumes with exactly the two left. DVC is faked (what
+    is under test is the bookkeeping around it); MLflow is real."""
+    import gzip
+    import json
+    import shutil
+    import subprocess
+
+    from pipelines import ablation_records as records
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(Path(runner.__file__).parents[1] / "params.yaml", "params.yaml")
+    subprocess.run(["git", "init", "-q"], check=True)
+    export = tmp_path / "reports" / "ablations.runs.json.gz"  # git-tracked, as the project's is
+    export.parent.mkdir()
+    export.write_bytes(gzip.compress(json.dumps({"runs": []}).encode()))  # a previous campaign's
+    subprocess.run(["git", "add", str(export)], check=True)
+    ran: list[str] = []
+    fail_at = {"first": 3}  # the ordinal of the experiment that fails, in the first store
+
+    def fake_dvc(*args: str, check: bool = True, capture: bool = False):
+        if args[:2] == ("exp", "run"):
+            if len(ran) + 1 == fail_at["first"]:
+                raise subprocess.CalledProcessError(1, "dvc exp run")
+            ran.append(args[args.index("--name") + 1])
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    def fake_file(rev: str, path: str) -> str | None:
+        index = ran.index(rev.removeprefix("rev-"))
+        return {
+            "params.yaml": Path("params.yaml").read_text(),
+            "metrics/evaluate.json": json.dumps({"all": {"FRCorr": 1.0 + index}}),
+            "metrics/train.json": json.dumps({"loss": 0.5}),
+        }.get(path)
+
+    monkeypatch.setattr(runner, "_dvc", fake_dvc)
+    monkeypatch.setattr(runner, "experiment_rev", lambda name: f"rev-{name}" if name in ran else None)
+    monkeypatch.setattr(runner, "read_experiment_file", fake_file)
+    table5 = select_tables(["table5"])
+
+    def exported_variants() -> list[tuple[str, str]]:
+        with gzip.open(export, "rt") as f:
+            runs = json.load(f)["runs"]
+        tags = [r["tags"] for r in runs if r["tags"]["reactdiff.role"] == "variant"]
+        return sorted((t["reactdiff.variant"], t["reactdiff.seed"]) for t in tags)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'first.db'}")
+    with pytest.raises(subprocess.CalledProcessError):
+        runner.run_tables(table5, {}, "camp", seeds=2, export_to=export)
+    assert len(ran) == 2
+    first_two = exported_variants()
+    assert len(first_two) == 2  # recorded before the failure, and in the file
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'second.db'}")
+    client = records.client()
+    with gzip.open(export, "rt") as f:
+        assert records.import_campaign(client, records.ablations_experiment_id(client), json.load(f)) == 3
+    fail_at["first"] = 0  # the new machine's experiments all succeed
+    runner.run_tables(table5, {}, "camp", seeds=2, export_to=export)
+    assert len(ran) == 4  # only the two that were not recorded ran
+    everything = exported_variants()
+    assert everything == [("ODE", "0"), ("ODE", "1"), ("SDE", "0"), ("SDE", "1")]
+    assert set(first_two) < set(everything)
