@@ -44,6 +44,10 @@ On an Intel Xeon with AVX-512 (Sapphire Rapids class, 2 vCPUs under KVM, shared 
 kernel alone measured 2.0 ns per (pair, cell) and FRDist at 96 clips and 20 neighbours per clip 2.4 ns with
 256-bit vectors, 1.6 and 1.9 ns since the kernel uses 512-bit ones there (reactdiff/metrics/dtw_kernels.py).
 A full run on that machine had been reported at about 5.3 ns, which neither measurement reproduced.
+
+``--full --workers 2 --metrics compute_all`` on 2 cores of an AMD EPYC (Zen 4, AVX-512), quiet: 226.6 s
+wall, 444.9 CPU-s, peak RSS 4.4 GB (1-minute load 1.74 at its start: the benchmark's data generation and a
+sampling benchmark just before; nothing else ran).
 """
 
 from __future__ import annotations

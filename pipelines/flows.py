@@ -1,4 +1,8 @@
-"""Prefect plumbing shared by the stages that fan work out per session."""
+"""Prefect plumbing shared by the stages that fan work out per session, and every stage's entry point.
+
+Prefect is imported where a task runner is made, not here: it takes about 2 s of a 2-core CPU to import,
+which the eight stages that fan nothing out (and every `dvc repro` of them) would otherwise pay.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prefect.futures import PrefectFuture, as_completed
-from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from reactdiff.errors import UserError
+
+if TYPE_CHECKING:
+    from prefect.futures import PrefectFuture
+    from prefect.task_runners import TaskRunner
 
 
 def worker_count(requested: int) -> int:
@@ -32,6 +38,8 @@ def make_task_runner(kind: str, workers: int, dask_address: str | None = None) -
     """``thread`` (default; numpy, scipy and torch release the GIL), ``process``, or ``dask``: on the
     scheduler at ``dask_address`` (or ``PREFECT_DASK_ADDRESS``), else on a local cluster started here.
     A cluster's workers must see the project's folder at the same path (they read and write its files)."""
+    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
     n = worker_count(workers)
     if kind == "thread":
         return ThreadPoolTaskRunner(max_workers=n)
@@ -60,6 +68,8 @@ def make_task_runner(kind: str, workers: int, dask_address: str | None = None) -
 
 def gather(futures: Iterable[PrefectFuture], desc: str) -> list[Any]:
     """Results of ``futures`` as they complete, with a progress bar on stderr."""
+    from prefect.futures import as_completed
+
     futures = list(futures)
     results = []
     with tqdm(total=len(futures), desc=desc, unit="session", file=sys.stderr, dynamic_ncols=True) as bar:

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 import soundfile as sf
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy.signal import resample_poly
 
 from reactdiff import layout
 
@@ -79,6 +78,10 @@ def resample(signal: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     rate, target_rate = int(rate), int(target_rate)
     if rate == target_rate:
         return signal.astype(np.float32, copy=True)
+    # Imported here: scipy.signal takes about 1 s to import, which every importer of this module (the
+    # sampling and serving paths, which never resample) would otherwise pay.
+    from scipy.signal import resample_poly
+
     g = gcd(rate, target_rate)
     out = resample_poly(signal.astype(np.float64), target_rate // g, rate // g)
     return out.astype(np.float32)
