@@ -13,8 +13,10 @@ Run (a table, several, or all; resumable: finished variants are skipped)::
 not the artifacts) beside the report, and ``import`` recreates them in another store, where ``run``
 resumes the campaign and ``report`` rebuilds the tables: a campaign longer than one machine's session
 moves with the repository, and a reader of the report can open its runs in the MLflow UI. ``run``
-itself rewrites the export after every variant it records (``--export``), so committing that file
-mid-campaign keeps everything recorded so far.
+itself rewrites the export after every variant it records (``--export``, ``--no-export``): a copy of
+that file taken mid-campaign (or committed from another clone) keeps everything recorded so far. The
+default campaign name holds the newest commit outside ``reports/``, so committing the export or the
+report does not start a new campaign.
 
 Each variant and seed is ``dvc exp run --name <campaign>-<table>-<variant>-s<seed> -S <every ablation
 key>=<value> -S seed=<seed> evaluate``: a DVC experiment of the one pipeline (``dvc exp show`` lists
@@ -67,7 +69,8 @@ from reactdiff.config import DEFAULT_PARAMS, load_yaml, parse_params
 
 REPORT_DIR = Path("reports")
 EXPORT_FILE = REPORT_DIR / "ablations.runs.json.gz"
-"""The campaign behind ``reports/ablations.md``, as MLflow records (``export`` / ``import``)."""
+"""A campaign's MLflow records (``export`` / ``import``; ``run`` rewrites it as it records variants): the
+committed one is the campaign behind ``reports/ablations.md``."""
 TARGET_STAGE = "evaluate"
 GIT_TRACKED_DIRS = ("metrics", "plots", "reports")
 
@@ -107,8 +110,17 @@ def base_params(path: Path, sets: Mapping[str, Any]) -> dict[str, Any]:
     return tracking.flatten(params.model_dump(by_alias=True))
 
 
+def code_commit() -> str | None:
+    """The newest commit that changed something outside ``reports/``: committing a campaign's export (or
+    its report) does not make the next ``run`` start another campaign."""
+    try:
+        return _git("log", "-1", "--format=%H", "--", ".", ":(exclude)reports").strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def campaign_name(sets: Mapping[str, Any]) -> str:
-    commit = (tracking.git_commit() or "nogit")[:7]
+    commit = (code_commit() or "nogit")[:7]
     if not sets:
         return f"abl-{commit}"
     digest = hashlib.sha256(json.dumps(dict(sets), sort_keys=True).encode()).hexdigest()[:6]
@@ -129,14 +141,16 @@ def _git(*args: str) -> str:
 
 
 def experiment_rev(name: str) -> str | None:
-    """Commit of the DVC experiment ``name`` on the current baseline (HEAD), or ``None``."""
+    """Commit of the DVC experiment ``name``, or ``None``: the one on the current baseline (HEAD), else
+    one on another baseline (a commit of the campaign's export moved HEAD since it ran; the name holds
+    the campaign, so it is the same variant of the same code)."""
     head = _git("rev-parse", "HEAD").strip()
-    prefix = f"refs/exps/{head[:2]}/{head[2:]}/"
-    for line in _git("for-each-ref", "--format=%(objectname) %(refname)", prefix).splitlines():
+    found = {}
+    for line in _git("for-each-ref", "--format=%(objectname) %(refname)", "refs/exps/").splitlines():
         rev, ref = line.split(" ", 1)
-        if ref == prefix + name:
-            return rev
-    return None
+        if ref.rsplit("/", 1)[-1] == name:
+            found[ref] = rev
+    return found.get(f"refs/exps/{head[:2]}/{head[2:]}/{name}") or next(iter(found.values()), None)
 
 
 def experiment_command(
@@ -247,9 +261,10 @@ def run_tables(
     """Run every variant of ``tables`` with ``seeds`` seeds (``seed``, ``seed + 1``, ... of the base params)
     as DVC experiments and record each in MLflow; variants and seeds already recorded are skipped.
 
-    After each recorded variant the campaign's runs so far are exported to ``export_to``: a campaign
-    outlives the machine it started on once that file is committed (a lost MLflow store then costs
-    the variant in flight, not the campaign)."""
+    After each recorded variant the campaign's runs so far are exported to ``export_to`` (``None``: not
+    at all), which the workspace's restore at the end leaves alone: with that file kept off the machine,
+    a lost MLflow store costs the variant in flight, not the campaign. With ``jobs > 1`` variants are
+    recorded, and exported, only once DVC's queue has run them all."""
     if seeds < 1:
         raise SystemExit(f"--seeds {seeds}: need at least one seed")
     base = base_params(params_path, sets)
@@ -271,13 +286,15 @@ def run_tables(
     todo = [todo[i] for i in training_order([item[3] for item in todo])]
     print(f"[ablations] campaign {campaign}: {len(todo)} variant(s) to run or record", flush=True)
     if not todo:
-        if export_to is not None:
+        if export_to is not None:  # the whole campaign is recorded: the file matches the report
             records.write_export(client, experiment_id, campaign, export_to)
         return
 
     keys = [_training_key(item[3]) for item in todo]
     progress = Progress([i == 0 or keys[i] != keys[i - 1] for i in range(len(todo))])
     saved = workspace_snapshot(params_path)
+    if export_to is not None:  # what the campaign writes as it goes is not the workspace's to restore
+        saved = {path: content for path, content in saved.items() if path.resolve() != export_to.resolve()}
     try:
         pending = [item for item in todo if experiment_rev(item[4]) is None]
         if jobs > 1 and pending:
@@ -304,8 +321,6 @@ def run_tables(
             path.write_bytes(content)
         if jobs <= 1:
             _dvc("checkout", "--quiet", check=False)
-        if export_to is not None:  # the snapshot held the export as the batch found it
-            records.write_export(client, experiment_id, campaign, export_to)
     took = _duration(progress.clock() - progress.started)
     print(f"[ablations] campaign {campaign}: {len(todo)} variant(s) in {took}")
 
@@ -314,7 +329,11 @@ def run_tables(
 
 
 def write_report(
-    campaigns: Sequence[str] | None, subset: str, tables: Sequence[AblationTable], out_dir: Path
+    campaigns: Sequence[str] | None,
+    subset: str,
+    tables: Sequence[AblationTable],
+    out_dir: Path,
+    export: Path = EXPORT_FILE,
 ) -> Path:
     client = records.client()
     experiment_id = records.ablations_experiment_id(client)
@@ -328,7 +347,7 @@ def write_report(
 
     notes = [
         f"Campaigns: {'; '.join(describe(c) for c in campaigns)}; MLflow experiment "
-        f"`{records.EXPERIMENT}`. Their runs, exported, are in `{EXPORT_FILE}`: "
+        f"`{records.EXPERIMENT}`. Their runs, exported, are in `{export}`: "
         "`python -m pipelines.ablations import` recreates them in "
         "your MLflow store (to browse them, or to resume a campaign with `run`).",
         "Paper columns: REACT2024 numbers (`paper_tables.json`); ours: the data the campaign ran on.",
@@ -371,8 +390,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--export",
         type=Path,
         default=EXPORT_FILE,
-        help="where the campaign's runs are exported after every variant (commit it to keep them)",
+        help="where the campaign's runs are exported after every variant (keep it off the machine)",
     )
+    run.add_argument("--no-export", action="store_true", help="do not export the campaign's runs")
     report = sub.add_parser("report", help="reports/ablations.{md,csv} from MLflow's records")
     report.add_argument(
         "--campaign",
@@ -411,9 +431,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "run":
         sets = parse_sets(args.sets)
         campaign = args.campaign or campaign_name(sets)
-        run_tables(tables, sets, campaign, jobs=args.jobs, seeds=args.seeds, export_to=args.export)
+        export_to = None if args.no_export else args.export
+        run_tables(tables, sets, campaign, jobs=args.jobs, seeds=args.seeds, export_to=export_to)
         if not args.no_report:  # beside the runs it is built from (the export)
-            print(f"[ablations] report: {write_report([campaign], 'all', tables, REPORT_DIR)}")
+            written = write_report([campaign], "all", tables, REPORT_DIR, export_to or EXPORT_FILE)
+            print(f"[ablations] report: {written}")
     else:
         print(f"[ablations] report: {write_report(args.campaign, args.subset, tables, args.out)}")
 

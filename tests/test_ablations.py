@@ -402,6 +402,8 @@ def test_a_campaign_stopped_midway_keeps_its_recorded_variants_in_the_export(tmp
     def fake_dvc(*args: str, check: bool = True, capture: bool = False):
         if args[:2] == ("exp", "run"):
             if len(ran) + 1 == fail_at["first"]:
+                # The machine dies here: what is in the file now is what survives it.
+                assert len(exported_variants()) == 2
                 raise subprocess.CalledProcessError(1, "dvc exp run")
             ran.append(args[args.index("--name") + 1])
         return subprocess.CompletedProcess(args, 0, "", "")
@@ -442,3 +444,36 @@ def test_a_campaign_stopped_midway_keeps_its_recorded_variants_in_the_export(tmp
     everything = exported_variants()
     assert everything == [("ODE", "0"), ("ODE", "1"), ("SDE", "0"), ("SDE", "1")]
     assert set(first_two) < set(everything)
+
+
+def test_committing_the_export_keeps_the_campaign_and_finds_its_experiments(tmp_path, monkeypatch):
+    """The default campaign name follows the code, not a commit of ``reports/``; an experiment that ran
+    before such a commit (on the previous baseline) is still found, and the current baseline's wins."""
+    import subprocess
+
+    monkeypatch.chdir(tmp_path)
+
+    def commit(path: str, text: str) -> str:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+        subprocess.run(["git", "add", path], check=True)
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", path], check=True
+        )
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+    subprocess.run(["git", "init", "-q"], check=True)
+    code = commit("reactdiff.py", "v1")
+    assert runner.campaign_name({}) == f"abl-{code[:7]}"
+    ran_on = commit("reports/ablations.runs.json.gz", "partial")  # a mid-campaign commit of the export
+    old = f"refs/exps/{code[:2]}/{code[2:]}/abl-x-table5-ode-s0"
+    subprocess.run(["git", "update-ref", old, ran_on], check=True)
+    after = commit("reports/ablations.md", "report")
+    assert runner.campaign_name({}) == f"abl-{code[:7]}"  # the same campaign resumes
+    assert runner.experiment_rev("abl-x-table5-ode-s0") == ran_on  # found on the earlier baseline
+    assert runner.experiment_rev("abl-x-table5-sde-s0") is None
+    here = f"refs/exps/{after[:2]}/{after[2:]}/abl-x-table5-ode-s0"
+    subprocess.run(["git", "update-ref", here, after], check=True)
+    assert runner.experiment_rev("abl-x-table5-ode-s0") == after  # the current baseline's first
+    changed = commit("reactdiff.py", "v2")
+    assert runner.campaign_name({}) == f"abl-{changed[:7]}"  # new code, new campaign
