@@ -336,9 +336,14 @@ class _ResBlock(nn.Module):
         _zero_init(self.conv2)
         self.skip = _TimeConv(cin, cout, causal=False, kernel=1) if cin != cout else nn.Identity()
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def modulation(self, emb: Tensor) -> Tensor:
+        """AdaGN's ``[scale; shift]`` ``[n, 1, 2 * cout]`` of the block conditioning ``emb``."""
+        return self.emb(emb)[:, None]
+
+    def forward(self, x: Tensor, modulation: Tensor) -> Tensor:
+        """``modulation``: :meth:`modulation` of the rows' conditioning (one row: the same for all rows)."""
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(emb)[:, None].chunk(2, dim=2)
+        scale, shift = modulation.chunk(2, dim=2)
         h = torch.addcmul(shift, _frame_group_norm(h, self.groups), 1 + scale)
         h = self.conv2(self.drop(F.silu(h)))
         return self.skip(x) + h
@@ -482,13 +487,56 @@ class _PastState(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
+class LevelModulations:
+    """The residual blocks' AdaGN modulations of one window at each noise level it is evaluated at.
+
+    A block's scale and shift depend on the noise level and the frame index only, and a sampler's steps
+    evaluate every row of a window at the same level: where the rows also share the frame index (one
+    conversation's M samples, its guidance rows), they are one row per level, not one per row and step.
+    :meth:`fill` computes all the levels of a schedule in one product per block (the paper preset's
+    block projections hold 18.9M of its 85.4M weights; read once per window, not once per step).
+    ``key``: the frame index the rows share (``None`` without the frame-index conditioning); windows of
+    equal keys of one network share one cache (their batch concatenation does).
+    """
+
+    def __init__(self, network: ReactionUNet, frame: Tensor | None, key: int | None) -> None:
+        self.network, self.frame, self.key = network, frame, key
+        self.levels: dict[float, list[Tensor]] = {}
+
+    def fill(self, sigmas: Tensor) -> None:
+        """Compute the levels of ``sigmas`` (in the dtype the solver passes them) not met yet; the 0
+        that ends a schedule is never evaluated."""
+        wanted = {float(s) for s in sigmas.reshape(-1).tolist() if s > 0}
+        new = sorted(wanted - self.levels.keys())
+        if not new:
+            return
+        sigma = torch.tensor(new, dtype=sigmas.dtype, device=self.network.head.weight.device)
+        frame = None if self.frame is None else self.frame.expand(len(new), -1)
+        modulations = self.network.modulations(self.network.embedding(_noise_conditioning(sigma), frame))
+        for i, level in enumerate(new):
+            self.levels[level] = [m[i : i + 1] for m in modulations]
+
+    def at(self, sigma: Tensor) -> list[Tensor] | None:
+        """The modulations of the level every row of ``sigma`` ``[batch]`` has (``None``: rows differ)."""
+        if sigma.numel() > 1 and not bool((sigma == sigma[0]).all()):
+            return None
+        self.fill(sigma[:1])
+        return self.levels[float(sigma[0])]
+
+    def shared_with(self, other: LevelModulations | None) -> LevelModulations | None:
+        """This cache for the batch concatenation with rows of ``other``'s, when theirs is the same."""
+        same = other is not None and other.network is self.network and other.key == self.key
+        return self if same else None
+
+
 class WindowContext(NamedTuple):
     """What :class:`ReactionUNet` derives from a window's :class:`Conditions`, the same at every noise
     level: computed once per window when sampling (:meth:`Denoiser.prepare`), per batch in training.
 
     ``keep`` ``[B]`` bool (rows whose speaker is seen), ``frame`` ``[B, emb_dim]`` the frame-index part of
     the block conditioning (``None`` without it), ``attend`` one :class:`_Attend` per cross-attention
-    block in the order the network runs them, ``in_state`` / ``out_state`` the LSTMs' initial states.
+    block in the order the network runs them, ``in_state`` / ``out_state`` the LSTMs' initial states,
+    ``levels`` the per-level block modulations when every row has the same frame index (else ``None``).
     """
 
     keep: Tensor
@@ -496,6 +544,7 @@ class WindowContext(NamedTuple):
     attend: tuple[_Attend, ...]
     in_state: tuple[Tensor, Tensor]
     out_state: tuple[Tensor, Tensor]
+    levels: LevelModulations | None = None
 
     def cat(self, other: WindowContext) -> WindowContext:
         """Batch concatenation ``[self; other]`` (the LSTM states have the batch second)."""
@@ -515,8 +564,9 @@ class WindowContext(NamedTuple):
             rows(self.out_state[0], other.out_state[0], 1),
             rows(self.out_state[1], other.out_state[1], 1),
         )
+        levels = None if self.levels is None else self.levels.shared_with(other.levels)
         return WindowContext(
-            rows(self.keep, other.keep), rows(self.frame, other.frame), attend, in_state, out_state
+            rows(self.keep, other.keep), rows(self.frame, other.frame), attend, in_state, out_state, levels
         )
 
 
@@ -608,6 +658,22 @@ class ReactionUNet(nn.Module):
         """The precision the network computes in (its weights'); inputs are cast to it."""
         return self.head.weight.dtype
 
+    def _res_blocks(self) -> list[_ResBlock]:
+        """The residual blocks in the order :meth:`forward` runs them."""
+        blocks = [cast(_ResBlock, b) for level in self.down for b in cast(nn.ModuleList, level)]
+        blocks += [self.mid1, self.mid2]
+        return blocks + [cast(_ResBlock, b) for level in self.up for b in cast(nn.ModuleList, level)]
+
+    def embedding(self, c_noise: Tensor, frame: Tensor | None) -> Tensor:
+        """The block conditioning ``silu(MLP(Fourier(c_noise)) + MLP(sinusoid(h)))`` ``[n, emb_dim]`` of
+        ``c_noise`` ``[n]`` and the frame-index part ``frame`` (:class:`WindowContext`)."""
+        emb = self.noise_mlp(self.noise_fourier(c_noise).to(self.dtype))
+        return F.silu(emb if frame is None else emb + frame)
+
+    def modulations(self, emb: Tensor) -> list[Tensor]:
+        """Every residual block's AdaGN modulation of ``emb``, in the order :meth:`forward` runs them."""
+        return [block.modulation(emb) for block in self._res_blocks()]
+
     def _attentions(self) -> list[_CrossAttention]:
         """The cross-attention blocks in the order :meth:`forward` runs them."""
         blocks = [self.mid_attn] if self.mid_attn is not None else []
@@ -615,8 +681,9 @@ class ReactionUNet(nn.Module):
             blocks += [a for a in cast(nn.ModuleList, attns) if isinstance(a, _CrossAttention)]
         return blocks
 
-    def context(self, cond: Conditions) -> WindowContext:
-        """What ``cond`` gives every evaluation of the window (see :class:`WindowContext`)."""
+    def context(self, cond: Conditions, per_level: bool = False) -> WindowContext:
+        """What ``cond`` gives every evaluation of the window (see :class:`WindowContext`); ``per_level``:
+        with a cache of the block modulations per noise level where the rows share the frame index."""
         cfg = self.config
         cond.validate(cfg.frames, cfg.coeff_dim, cfg.audio_dim, cfg.speaker_history)
         keep = cond.speaker_mask.to(torch.bool)
@@ -631,14 +698,28 @@ class ReactionUNet(nn.Module):
             tokens = self.tokens(cond, keep)
             attend = tuple(block.speaker(tokens, keep) for block in self._attentions())
         history = cond.listener_history
+        levels = None
+        if per_level:
+            index = cond.frame_index
+            if frame is None:
+                levels = LevelModulations(self, None, None)
+            elif bool((index == index[0]).all()):
+                levels = LevelModulations(self, frame[:1], int(index[0]))
         return WindowContext(
-            keep, frame, attend, self.in_state(cond.past, history), self.out_state(cond.past, history)
+            keep, frame, attend, self.in_state(cond.past, history), self.out_state(cond.past, history), levels
         )
 
     def forward(
-        self, x_in: Tensor, c_noise: Tensor, cond: Conditions, context: WindowContext | None = None
+        self,
+        x_in: Tensor,
+        c_noise: Tensor,
+        cond: Conditions,
+        context: WindowContext | None = None,
+        modulations: list[Tensor] | None = None,
     ) -> Tensor:
-        """``context``: :meth:`context` of ``cond``, when the caller has it already (a sampler's steps)."""
+        """``context``: :meth:`context` of ``cond``, when the caller has it already (a sampler's steps);
+        ``modulations``: the blocks' modulations of ``c_noise`` when the caller has them
+        (:class:`LevelModulations`)."""
         cfg = self.config
         if x_in.ndim != 3 or x_in.shape[1:] != (cfg.frames, cfg.coeff_dim):
             raise ValueError(f"x must be [batch, {cfg.frames}, {cfg.coeff_dim}], got {tuple(x_in.shape)}")
@@ -650,8 +731,9 @@ class ReactionUNet(nn.Module):
         c_noise = c_noise.reshape(-1).expand(b) if c_noise.numel() == 1 else c_noise.reshape(b)
 
         x_in = x_in.to(self.dtype)
-        emb = self.noise_mlp(self.noise_fourier(c_noise).to(self.dtype))
-        emb = F.silu(emb if context.frame is None else emb + context.frame)
+        if modulations is None:
+            modulations = self.modulations(self.embedding(c_noise, context.frame))
+        block = iter(modulations)
         attend = iter(context.attend)
 
         # Channels-last throughout ([b, frames, channels]): every layer is a product with frames as rows.
@@ -661,20 +743,20 @@ class ReactionUNet(nn.Module):
         skips = []
         for level, blocks in enumerate(self.down):
             for blk in cast(nn.ModuleList, blocks):
-                h = blk(h, emb)
+                h = blk(h, next(block))
             skips.append(h)
             if level < len(self.downsample):
                 h = self.downsample[level](h)
 
-        h = self.mid1(h, emb)
+        h = self.mid1(h, next(block))
         if self.mid_attn is not None:
             h = self.mid_attn(h, next(attend))
-        h = self.mid2(h, emb)
+        h = self.mid2(h, next(block))
 
         for i, (blocks, attns) in enumerate(zip(self.up, self.up_attn, strict=True)):
             h = torch.cat([h, skips.pop()], dim=2)
             for blk, attn in zip(cast(nn.ModuleList, blocks), cast(nn.ModuleList, attns), strict=True):
-                h = blk(h, emb)
+                h = blk(h, next(block))
                 if isinstance(attn, _CrossAttention):
                     h = attn(h, next(attend))
             if i < len(self.upsample):
@@ -759,15 +841,27 @@ class Denoiser(nn.Module):
         self.network.to(dtype)
         return self
 
-    def prepare(self, cond: Conditions | PreparedConditions) -> PreparedConditions:
+    def prepare(
+        self, cond: Conditions | PreparedConditions, levels: Tensor | None = None
+    ) -> PreparedConditions:
         """``cond`` with what every evaluation of its window shares: the network's :class:`WindowContext`
         and the prior's prediction from the past. A sampler prepares once per window (``sample`` does)
-        instead of at each of its steps; valid for as long as these weights do not change."""
+        instead of at each of its steps; valid for as long as these weights do not change. ``levels``:
+        the noise levels the sampler will evaluate, whose block modulations are computed now, together
+        (:class:`LevelModulations`; others are computed when met)."""
         if isinstance(cond, PreparedConditions):
             # Another network's context would run silently through this one (a teacher's, a student's).
-            return cond if cond.owner is self else self.prepare(cond.conditions)
+            if cond.owner is not self:
+                return self.prepare(cond.conditions, levels)
+        else:
+            cond = self._prepared(cond, per_level=True)
+        if levels is not None and cond.context is not None and cond.context.levels is not None:
+            cond.context.levels.fill(levels)
+        return cond
+
+    def _prepared(self, cond: Conditions, per_level: bool) -> PreparedConditions:
         # A stand-in network (tests) has no context to prepare; it is called with the conditions alone.
-        context = self.network.context(cond) if isinstance(self.network, ReactionUNet) else None
+        context = self.network.context(cond, per_level) if isinstance(self.network, ReactionUNet) else None
         with torch.autocast(cond.past.device.type, enabled=False):  # see forward: the prior stays precise
             prediction = self.prior.predict(cond.past, cond.listener_history)
         return PreparedConditions(cond, context, prediction, self)
@@ -788,9 +882,16 @@ class Denoiser(nn.Module):
         if cond is None:  # a stand-in network that takes no conditions
             out = self.network(x * c_in, _noise_conditioning(sigma), None)
         else:
-            prepared = self.prepare(cond)
-            context = () if prepared.context is None else (prepared.context,)
-            out = self.network(x * c_in, _noise_conditioning(sigma), prepared.conditions, *context)
+            # Conditions met once (training's batches: a level per row) get no cache of levels.
+            if isinstance(cond, PreparedConditions):
+                prepared = self.prepare(cond)
+            else:
+                prepared = self._prepared(cond, per_level=False)
+            context, modulations = prepared.context, None
+            if context is not None and context.levels is not None:
+                modulations = context.levels.at(sigma)
+            extra = () if context is None else (context, modulations)
+            out = self.network(x * c_in, _noise_conditioning(sigma), prepared.conditions, *extra)
             prediction, factors = prepared.prediction.to(x.dtype), prepared.factors
         # The prior's products are precise linear algebra (a Wiener filter, a Cholesky factor): under
         # mixed precision they would round the skip path by more than the lowest noise levels.

@@ -114,8 +114,8 @@ class _GuidedDenoiser:
         self.interval = interval
         self.batched: list[Any] = [None, None, None]  # the last conditions, without speaker, and both batched
 
-    def prepare(self, cond: Any) -> Any:
-        return prepare(self.denoiser, cond)
+    def prepare(self, cond: Any, levels: Tensor | None = None) -> Any:
+        return prepare(self.denoiser, cond, levels)
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Any) -> Tensor:
         denoiser, scale, batched = self.denoiser, self.scale, self.batched
@@ -153,15 +153,20 @@ class _GuidedDenoiser:
         return torch.where(inside.reshape(-1, *([1] * (x.ndim - 1))), out, conditional)
 
 
-def prepare(denoiser: Denoiser, cond: Any) -> Any:
+def prepare(denoiser: Denoiser, cond: Any, levels: Tensor | None = None) -> Any:
     """``denoiser.prepare(cond)`` where the denoiser has it, else ``cond``.
 
     A denoiser may derive from the conditions, once, what all its evaluations of a batch share (a
     network's projections of the speaker, its recurrent states; :meth:`reactdiff.model.Denoiser.prepare`)
     and accept the result in their place at every step; :func:`sample` prepares before its first step.
+    ``levels``: the noise levels the caller will evaluate (a solver's schedule, in the dtype its steps
+    pass), handed on as ``prepare(cond, levels)`` so that what depends on the level alone is computed
+    for all of them at once.
     """
     method = getattr(denoiser, "prepare", None)
-    return cond if method is None or cond is None else method(cond)
+    if method is None or cond is None:
+        return cond
+    return method(cond) if levels is None else method(cond, levels)
 
 
 class CountingDenoiser:
@@ -187,10 +192,10 @@ class CountingDenoiser:
         self.rows = 0
         self.seconds = 0.0
 
-    def prepare(self, cond: Any) -> Any:
+    def prepare(self, cond: Any, levels: Tensor | None = None) -> Any:
         """The wrapped denoiser's :func:`prepare` (its once-per-window work is network time too)."""
         start = time.perf_counter()
-        prepared = prepare(self.denoiser, cond)
+        prepared = prepare(self.denoiser, cond, levels)
         self.seconds += time.perf_counter() - start
         return prepared
 
@@ -391,7 +396,7 @@ def sample(
     schedule = consistency_sigmas if solver == "consistency" else karras_sigmas
     sigmas = schedule(steps, sigma_min=sigma_min, sigma_max=sigma_max)
     x_T = sigma_max * _randn(shape, generator, device, dtype)
-    cond = prepare(denoiser, cond)
+    cond = prepare(denoiser, cond, sigmas.to(device=device, dtype=dtype))
     net = guided(denoiser, guidance_scale, guidance_interval)
     if solver == "consistency":
         return sample_consistency(net, x_T, sigmas, cond, generator=generator, sigma_min=sigma_min)

@@ -109,10 +109,10 @@ class BatchingDenoiser:
             self.active -= 1
             self._cv.notify()  # the worker may be waiting for this caller's next call
 
-    def prepare(self, cond: Conditions) -> Any:
+    def prepare(self, cond: Conditions, levels: torch.Tensor | None = None) -> Any:
         """The wrapped denoiser's once-per-window work, done in the caller's thread (it is per row, and
         the batch then concatenates prepared conditions: :meth:`reactdiff.model.PreparedConditions.cat`)."""
-        return prepare(self.denoiser, cond)
+        return prepare(self.denoiser, cond, levels)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
         call: dict[str, Any] = {"args": (x, sigma, cond), "done": threading.Event()}

@@ -20,7 +20,9 @@ from reactdiff.model import (
     count_parameters,
     network_config,
 )
+from reactdiff.noise import karras_sigmas
 from reactdiff.prior import WindowPrior
+from reactdiff.samplers import sample
 
 AUDIO = 12
 W = 16
@@ -460,6 +462,52 @@ def test_prepared_conditions_give_the_same_estimates_and_batch_like_conditions()
         mine = d.prepare(theirs)
         assert mine is not theirs and mine.owner is d and mine.conditions is cond
         assert torch.equal(d(x, sigma, theirs), d(x, sigma, cond))
+
+
+def test_a_window_computes_its_block_modulations_once_for_every_level_of_its_schedule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rows of one window share the frame index, and a solver's step gives them one noise level: the
+    blocks' AdaGN modulations are then one row per level, computed for the whole schedule in one product
+    when ``sample`` prepares the window, shared by guidance's unconditional rows, and equal to the
+    per-row ones the network computes without them."""
+    d = demo()
+    products: list[int] = []
+    modulations = d.network.modulations
+    monkeypatch.setattr(d.network, "modulations", lambda emb: products.append(len(emb)) or modulations(emb))
+    cond = make_cond(3)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        sample(d, (3, W, 58), cond, steps=6, guidance_scale=2.0, generator=generator, device="cpu")
+        assert products == [6]  # six positive levels in one product, none at the steps
+
+        levels = karras_sigmas(6)
+        prepared = d.prepare(cond, levels)
+        cache = prepared.context.levels
+        assert sorted(cache.levels) == sorted(float(s) for s in levels[:-1])
+        assert prepared.cat(prepared.drop_speaker()).context.levels is cache
+        x = torch.randn(3, W, 58, generator=generator)
+        for sigma in levels[:-1]:
+            cached = d(x, sigma, prepared)
+            assert products == [6, 6]
+            # Conditions used once (a training batch) get the modulations of every row.
+            torch.testing.assert_close(cached, d(x, sigma, cond), atol=1e-5, rtol=1e-5)
+            assert products == [6, 6, 3]
+            del products[2:]
+        # A level not in the schedule is computed when met, once; rows at different levels go per row.
+        d(x, 0.3, prepared)
+        d(x, 0.3, prepared)
+        assert products == [6, 6, 1] and cache.at(torch.tensor([0.3, 0.5])) is None
+        d(x, torch.tensor([0.3, 0.5, 0.7]), prepared)
+        assert products == [6, 6, 1, 3]
+
+    # Rows of different frame indices (a server's batch of conversations) keep per-row modulations.
+    mixed = dataclasses.replace(cond, frame_index=torch.tensor([40, 41, 40]))
+    assert d.prepare(mixed, levels).context.levels is None
+    assert (
+        d.prepare(cond).context.levels.shared_with(d.prepare(make_cond(3, frame_index=41)).context.levels)
+        is None
+    )
 
 
 def test_bf16_network_stays_close_to_fp32_and_keeps_the_precise_parts() -> None:

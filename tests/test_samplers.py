@@ -348,14 +348,17 @@ class _CountingConditions(ToyConditions):
 
 
 class _PreparingDenoiser:
-    """The toy denoiser with a ``prepare`` that counts its calls and marks what it returns."""
+    """The toy denoiser with a ``prepare`` that counts its calls, keeps the noise levels it is told of
+    and marks what it returns."""
 
     def __init__(self) -> None:
         self.prepared = 0
+        self.levels: list[Tensor | None] = []
         self.seen: list[object] = []
 
-    def prepare(self, cond: ToyConditions) -> ToyConditions:
+    def prepare(self, cond: ToyConditions, levels: Tensor | None = None) -> ToyConditions:
         self.prepared += 1
+        self.levels.append(levels)
         return _CountingConditions(cond.speaker_mean, cond.keep)
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: ToyConditions) -> Tensor:
@@ -370,6 +373,8 @@ def test_sample_prepares_the_conditions_once_and_guidance_batches_them_once() ->
     kwargs = dict(steps=9, solver="sde", generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     out = sample(denoiser, (3, 6, 4), cond, guidance_scale=2.0, device="cpu", **kwargs)
     assert denoiser.prepared == 1
+    # It is told the schedule's levels, in the dtype the solver's steps pass them.
+    assert torch.equal(denoiser.levels[0], karras_sigmas(9).to(torch.float64))
     assert _CountingConditions.cats == 1  # one batched [cond; uncond] for all nine steps
     assert len({id(c) for c in denoiser.seen}) == 1  # the same batched object at every step
     # Preparing changes the cost, never the result: the plain denoiser gives the same draw.
@@ -379,9 +384,10 @@ def test_sample_prepares_the_conditions_once_and_guidance_batches_them_once() ->
     # A counter in front of it passes the preparation on, and so does guidance driven by a solver alone.
     counter = CountingDenoiser(denoiser)
     sample(counter, (3, 6, 4), cond, steps=4, solver="ode", device="cpu", dtype=torch.float64)
-    assert denoiser.prepared == 2
+    assert denoiser.prepared == 2 and torch.equal(denoiser.levels[1], karras_sigmas(4).to(torch.float64))
     guide = guided(denoiser, 2.0, interval=(0.0, 5.0))
     assert isinstance(guide.prepare(cond), _CountingConditions) and denoiser.prepared == 3
+    assert denoiser.levels[2] is None
     assert guided(toy_conditional_denoiser, 2.0).prepare(cond) is cond  # nothing to prepare
 
 
