@@ -516,12 +516,10 @@ class LevelModulations:
         for i, level in enumerate(new):
             self.levels[level] = [m[i : i + 1] for m in modulations]
 
-    def at(self, sigma: Tensor) -> list[Tensor] | None:
-        """The modulations of the level every row of ``sigma`` ``[batch]`` has (``None``: rows differ)."""
-        if sigma.numel() > 1 and not bool((sigma == sigma[0]).all()):
-            return None
-        self.fill(sigma[:1])
-        return self.levels[float(sigma[0])]
+    def at(self, level: Tensor) -> list[Tensor]:
+        """The modulations of noise level ``level`` (one element), for every row."""
+        self.fill(level)
+        return self.levels[float(level)]
 
     def shared_with(self, other: LevelModulations | None) -> LevelModulations | None:
         """This cache for the batch concatenation with rows of ``other``'s, when theirs is the same."""
@@ -878,40 +876,49 @@ class Denoiser(nn.Module):
         if sigma.numel() == 1:
             sigma = sigma.expand(x.shape[0])
         c_in = torch.rsqrt(sigma**2 + self.prior.variance)[:, None, None]
-        prediction, factors = None, None
+        prepared, level = None, None
         if cond is None:  # a stand-in network that takes no conditions
             out = self.network(x * c_in, _noise_conditioning(sigma), None)
         else:
-            # Conditions met once (training's batches: a level per row) get no cache of levels.
+            # Conditions met once (training's batches: a level per row) keep nothing per level.
             if isinstance(cond, PreparedConditions):
                 prepared = self.prepare(cond)
+                if bool((sigma == sigma[0]).all()):  # a sampler's step: one level for every row
+                    level = sigma[:1]
             else:
                 prepared = self._prepared(cond, per_level=False)
             context, modulations = prepared.context, None
-            if context is not None and context.levels is not None:
-                modulations = context.levels.at(sigma)
+            if context is not None and context.levels is not None and level is not None:
+                modulations = context.levels.at(level)
             extra = () if context is None else (context, modulations)
             out = self.network(x * c_in, _noise_conditioning(sigma), prepared.conditions, *extra)
-            prediction, factors = prepared.prediction.to(x.dtype), prepared.factors
         # The prior's products are precise linear algebra (a Wiener filter, a Cholesky factor): under
         # mixed precision they would round the skip path by more than the lowest noise levels.
         with torch.autocast(x.device.type, enabled=False):
+            prediction = None if prepared is None else prepared.prediction.to(x.dtype)
+            if prepared is not None and level is not None and float(level) > 0:
+                operators, key = prepared.operators, float(level)
+                if key not in operators:
+                    power = 0.5 if self.skip == "flow" else 1.0
+                    operators[key] = self.prior.step_operator(key, power).to(x.dtype)
+                return self.prior.estimate(x, out.float(), operators[key], cast(Tensor, prediction))
             skip = self.prior.flow if self.skip == "flow" else self.prior.skip
             estimate = skip(x, sigma, prediction=prediction)
-            return estimate + self.prior.scale_output(out.float(), sigma, factors).to(x.dtype)
+            return estimate + self.prior.scale_output(out.float(), sigma).to(x.dtype)
 
 
 class PreparedConditions:
     """A window's :class:`Conditions` with what the denoiser that prepared them derives once
     (:meth:`Denoiser.prepare`): the network's :class:`WindowContext`, the prior's prediction from the
-    past, and the error factors of the noise levels met so far. Guidance can drop the speaker and batch
-    them like plain conditions."""
+    past, and the prior's step operators of the noise levels met so far. Guidance can drop the speaker
+    and batch them like plain conditions."""
 
     def __init__(
         self, conditions: Conditions, context: WindowContext | None, prediction: Tensor, owner: Denoiser
     ) -> None:
         self.conditions, self.context, self.prediction, self.owner = conditions, context, prediction, owner
-        self.factors: dict[float, Tensor] = {}  # L(sigma) per noise level, filled as a sampler meets them
+        # WindowPrior.step_operator per noise level, filled as a sampler meets them
+        self.operators: dict[float, Tensor] = {}
 
     @property
     def batch_size(self) -> int:

@@ -283,20 +283,27 @@ class WindowPrior(nn.Module):
         factor = torch.linalg.cholesky(cov)
         return torch.where(sigma[:, None, None, None] > 0, factor, torch.zeros_like(factor))
 
-    def scale_output(
-        self, out: Tensor, sigma: Tensor | float, factors: dict[float, Tensor] | None = None
-    ) -> Tensor:
-        """``L(sigma) F`` ``[B, w, D]`` of the network output ``F`` ``[B, w, D]`` (channel d = axis d).
-
-        ``factors``: a cache of ``L`` per noise level that the caller keeps for as long as this prior
-        does not change (a sampler's window: its steps meet the same levels for every row).
-        """
+    def scale_output(self, out: Tensor, sigma: Tensor | float) -> Tensor:
+        """``L(sigma) F`` ``[B, w, D]`` of the network output ``F`` ``[B, w, D]`` (channel d = axis d)."""
         levels = self._levels(self._per_row(sigma, out.shape[0]))
-        if factors is None or levels.numel() != 1:
-            factor = self.error_factor(levels)
-        else:
-            level = float(levels)
-            if level not in factors:
-                factors[level] = self.error_factor(levels).to(out.dtype)
-            factor = factors[level]
-        return self._temporal(factor, out) @ self.basis.T.to(out.dtype)
+        return self._temporal(self.error_factor(levels), out) @ self.basis.T.to(out.dtype)
+
+    # ----------------------------------------------------------------------------------------------
+    # Both maps at one noise level (a sampler's step)
+    # ----------------------------------------------------------------------------------------------
+
+    def step_operator(self, sigma: float, power: float = 1.0) -> Tensor:
+        """``[D, w, 2w]`` float64: per axis the skip path's temporal gain ``(C (C + sigma^2 I)^-1)^power``
+        (``power`` 1: :meth:`skip`, 0.5: :meth:`flow`) beside the output scale ``L(sigma)``, for
+        :meth:`estimate`. A sampler's step gives every row of a window the same level, so the operator
+        is formed once per level and both maps cost one product per step. ``sigma > 0``."""
+        gain = (self.eigvals / (self.eigvals + sigma**2)) ** power  # [D, w]
+        shrink = torch.einsum("dtk,dk,dsk->dts", self.eigvecs, gain, self.eigvecs)
+        return torch.cat([shrink, self.error_factor(sigma)[0]], dim=2)
+
+    def estimate(self, x: Tensor, out: Tensor, operator: Tensor, prediction: Tensor) -> Tensor:
+        """``skip(x) + scale_output(out)`` (or ``flow``'s) at the level of :meth:`step_operator`'s
+        ``operator``, in ``x``'s dtype: ``prediction + [G | L] [(x - prediction); F]`` in the axes."""
+        basis = self.basis.to(x.dtype)
+        stacked = torch.cat([(x - prediction) @ basis, out.to(x.dtype)], dim=1)  # [B, 2w, D]
+        return self._temporal(operator[None], stacked) @ basis.T + prediction

@@ -450,10 +450,11 @@ def test_prepared_conditions_give_the_same_estimates_and_batch_like_conditions()
         both = prepared.cat(prepared.drop_speaker())
         x2, sigma2 = torch.cat([x, x]), torch.cat([sigma, sigma])
         torch.testing.assert_close(d(x2, sigma2, both), d(x2, sigma2, cond.cat(cond.drop_speaker())))
-        # The error factor of a noise level met by every row is kept, and it is the one computed afresh.
+        # The prior's operator of a noise level met by every row is kept, and gives the estimate of the
+        # skip path and output scale computed afresh.
         level = torch.full((3,), 0.7)
         first = d(x, level, prepared)
-        assert list(prepared.factors) == [pytest.approx(0.7)]
+        assert list(prepared.operators) == [pytest.approx(0.7)]
         assert torch.equal(d(x, level, prepared), first)
         torch.testing.assert_close(first, d(x, level, cond))
         # Conditions another network prepared are prepared afresh: its context never runs through this one.
@@ -497,7 +498,7 @@ def test_a_window_computes_its_block_modulations_once_for_every_level_of_its_sch
         # A level not in the schedule is computed when met, once; rows at different levels go per row.
         d(x, 0.3, prepared)
         d(x, 0.3, prepared)
-        assert products == [6, 6, 1] and cache.at(torch.tensor([0.3, 0.5])) is None
+        assert products == [6, 6, 1]
         d(x, torch.tensor([0.3, 0.5, 0.7]), prepared)
         assert products == [6, 6, 1, 3]
 

@@ -101,6 +101,24 @@ def test_output_frame_t_reads_network_frames_up_to_t_only() -> None:
         assert change[:, t + 1 :].max() > 1e-3
 
 
+@pytest.mark.parametrize("power", [1.0, 0.5])
+@pytest.mark.parametrize("sigma", [0.002, 0.3, 7.0, 80.0])
+def test_a_step_operator_gives_the_skip_path_and_the_scaled_output_in_one_product(
+    sigma: float, power: float
+) -> None:
+    """A sampler's step: ``estimate`` with the level's operator is ``skip`` (``power`` 1) or ``flow``
+    (0.5) of ``x`` plus ``scale_output`` of the network's output, from the prediction of the past."""
+    prior = random_prior(3)
+    g = torch.Generator().manual_seed(4)
+    x, out, past = (torch.randn(3, W, D, generator=g, dtype=torch.float64) for _ in range(3))
+    prediction = prior.predict(past)
+    operator = prior.step_operator(sigma, power)
+    assert operator.shape == (D, W, 2 * W)
+    shrink = prior.skip if power == 1.0 else prior.flow
+    expected = shrink(x, sigma, prediction=prediction) + prior.scale_output(out, sigma)
+    torch.testing.assert_close(prior.estimate(x, out, operator, prediction), expected)
+
+
 @pytest.mark.parametrize("sigma", [0.01, 0.5, 2.0, 80.0])
 def test_isotropic_prior_is_edm(sigma: float) -> None:
     prior = WindowPrior.isotropic(W, D, sigma_data=0.5)
