@@ -75,6 +75,7 @@ from reactdiff.prior import WindowPrior
 
 __all__ = [
     "SKIP_PATHS",
+    "has_channel_major_convolutions",
     "PreparedConditions",
     "WindowContext",
     "NetworkConfig",
@@ -289,33 +290,60 @@ class _TimeConv(nn.Linear):
 
     Why a linear layer: at these sizes (16 frames or fewer, tens to a thousand channels) a oneDNN
     convolution spends more on its set-up than on its arithmetic, while the same product written as one
-    matrix multiplication of every output frame's input window ``[batch * frames_out, cin * kernel]``
-    with ``weight [cout, cin * kernel]`` is a single GEMM (and under autocast a bf16 one with a cached
-    weight cast, the weight being a parameter rather than a view of one). ``weight`` holds
-    ``nn.Conv1d``'s ``[cout, cin, kernel]`` in the same memory order and starts from the same values for
-    the same seed (``nn.Linear``'s initialisation with ``fan_in = cin * kernel`` is ``nn.Conv1d``'s);
-    checkpoints of the channels-first network, whose weights are 3-D, load unchanged.
+    matrix multiplication of every output frame's input window ``[batch * frames_out, kernel * cin]``
+    with ``weight [cout, kernel * cin]`` is a single GEMM. The window's columns are tap-major (tap ``i``'s
+    ``cin`` channels, then tap ``i + 1``'s): it is the concatenation of ``kernel`` shifted views of the
+    frames, copied in runs of ``cin`` contiguous values, where ``nn.Conv1d``'s (channel, tap) order needs
+    a gather with a stride of ``kernel`` that cost a quarter of the product itself (paper preset in bf16,
+    level 0). The weight starts from ``nn.Conv1d``'s values for the same seed, its columns reordered.
+
+    Checkpoints in the earlier layouts load unchanged: ``nn.Conv1d``'s 3-D ``[cout, cin, kernel]`` (the
+    channels-first network) and the (channel, tap) columns of this class's version 1, which its state
+    dict's metadata records (:func:`has_channel_major_convolutions`).
     """
+
+    _version = 2
 
     def __init__(self, cin: int, cout: int, causal: bool, kernel: int = 3, stride: int = 1) -> None:
         super().__init__(cin * kernel, cout)
         self.kernel, self.stride, self.causal = kernel, stride, causal
         self.pad = (kernel - 1, 0) if causal else ((kernel - 1) // 2, kernel // 2)
+        with torch.no_grad():
+            self.weight.copy_(self._tap_major(self.weight))
+
+    def _tap_major(self, weight: Tensor) -> Tensor:
+        """``[cout, kernel * cin]`` tap-major columns of ``nn.Conv1d``'s ``[cout, cin, kernel]`` weight or
+        of its flattening ``[cout, cin * kernel]``."""
+        cout = weight.shape[0]
+        return weight.reshape(cout, -1, self.kernel).transpose(1, 2).reshape(cout, -1)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kernel == 1 and self.stride == 1:
             return super().forward(x)
-        b, _, c = x.shape
-        # windows[b, j, ch, i] = padded[b, j * stride + i, ch]: flattened, the columns are (channel, tap),
-        # the order of the weight's rows.
-        windows = F.pad(x, (0, 0, *self.pad)).unfold(1, self.kernel, self.stride)
-        return super().forward(windows.reshape(b, windows.shape[1], c * self.kernel))
+        padded = F.pad(x, (0, 0, *self.pad))
+        frames = (padded.shape[1] - self.kernel) // self.stride + 1
+        span = (frames - 1) * self.stride + 1
+        # windows[b, j, i * cin + ch] = padded[b, j * stride + i, ch]
+        taps = [padded[:, i : i + span : self.stride] for i in range(self.kernel)]
+        return super().forward(torch.cat(taps, dim=2))
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
         weight = state_dict.get(prefix + "weight")
-        if weight is not None and weight.ndim == 3:  # nn.Conv1d's [cout, cin, kernel]
-            state_dict[prefix + "weight"] = weight.reshape(weight.shape[0], -1)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # A state dict without metadata (one rebuilt as a plain dict) is taken to be of this version.
+        if weight is not None and (weight.ndim == 3 or local_metadata.get("version", self._version) < 2):
+            state_dict[prefix + "weight"] = self._tap_major(weight)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
+
+
+def has_channel_major_convolutions(module: nn.Module, state: Any) -> bool:
+    """Whether ``state``, a state dict of ``module`` (a network or a denoiser), was saved before the
+    temporal convolutions' columns became tap-major (:class:`_TimeConv`). Its weights load into today's
+    layout; moments an optimizer kept for them do not, so training does not resume from it."""
+    metadata = getattr(state, "_metadata", None) or {}
+    return any(
+        isinstance(layer, _TimeConv) and layer.kernel > 1 and metadata.get(name, {}).get("version", 2) < 2
+        for name, layer in module.named_modules()
+    )
 
 
 class _ResBlock(nn.Module):

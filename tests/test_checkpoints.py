@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import pickle
 from pathlib import Path
 
@@ -10,7 +9,6 @@ import pytest
 import torch
 
 from reactdiff.checkpoints import CheckpointError, load_checkpoint
-from reactdiff.training.checkpointing import load_optimizer_state
 
 FORMAT = "reactdiff.test/1"
 FIX = "run `dvc repro train`"
@@ -79,23 +77,3 @@ def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path)
     assert not marker.exists()
     assert "holds Python objects beyond tensors and plain values" in _message(trapped)
     assert not marker.exists()
-
-
-def test_optimizer_state_of_conv1d_weights_resumes_on_the_flattened_ones() -> None:
-    """Adam's moments saved for ``nn.Conv1d`` weights ``[cout, cin, k]`` continue on the network's
-    ``[cout, cin * k]`` (same memory order): the resumed step is the one the old layout would take."""
-    torch.manual_seed(0)
-    conv = torch.nn.Conv1d(3, 4, 3)
-    flat = torch.nn.Parameter(conv.weight.detach().reshape(4, 9).clone())
-    old, new = torch.optim.Adam([conv.weight], lr=0.1), torch.optim.Adam([flat], lr=0.1)
-    for _ in range(3):
-        conv.weight.grad = torch.randn_like(conv.weight)
-        old.step()
-    load_optimizer_state(new, copy.deepcopy(old.state_dict()))  # as read back from a checkpoint
-    flat.data.copy_(conv.weight.detach().reshape(4, 9))
-    grad = torch.randn(4, 3, 3)
-    conv.weight.grad, flat.grad = grad, grad.reshape(4, 9)
-    old.step()
-    new.step()
-    assert new.state[flat]["exp_avg"].shape == (4, 9)
-    torch.testing.assert_close(flat.detach(), conv.weight.detach().reshape(4, 9))

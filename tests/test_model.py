@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from reactdiff.losses import LossConfig, dm_loss, training_loss
@@ -16,13 +17,18 @@ from reactdiff.model import (
     Conditions,
     Denoiser,
     NetworkConfig,
+    _TimeConv,
     build_denoiser,
     count_parameters,
+    has_channel_major_convolutions,
     network_config,
 )
 from reactdiff.noise import karras_sigmas
 from reactdiff.prior import WindowPrior
 from reactdiff.samplers import sample
+from reactdiff.training.checkpointing import load_denoiser
+from reactdiff.training.distributed import DistInfo
+from reactdiff.training.loop import _resume_state
 
 AUDIO = 12
 W = 16
@@ -435,6 +441,49 @@ def test_checkpoints_of_the_channels_first_network_give_their_outputs(case: str)
     assert (
         data["output"] - d.prior.skip(data["x"], data["sigma"], cond.past, cond.history)
     ).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("causal, stride", [(False, 1), (True, 1), (False, 2), (True, 2)])
+def test_a_temporal_conv_is_conv1d_with_its_weights_in_tap_major_columns(causal: bool, stride: int) -> None:
+    """``_TimeConv`` of channels-last frames equals ``F.conv1d`` of the channels-first ones, padded on
+    both sides or on the left only, with the same seed's ``nn.Conv1d`` weights reordered tap-major."""
+    torch.manual_seed(3)
+    conv = _TimeConv(5, 7, causal=causal, stride=stride)
+    torch.manual_seed(3)
+    reference = nn.Conv1d(5, 7, 3, stride=stride)
+    weight = reference.weight.detach()  # [cout, cin, tap]
+    torch.testing.assert_close(conv.weight.detach(), weight.transpose(1, 2).reshape(7, 15), rtol=0, atol=0)
+    x = torch.randn(2, 8, 5)
+    padded = F.pad(x.transpose(1, 2), (2, 0) if causal else (1, 1))
+    expected = F.conv1d(padded, weight, reference.bias.detach(), stride=stride).transpose(1, 2)
+    torch.testing.assert_close(conv(x), expected)
+
+
+CHANNEL_MAJOR = Path(__file__).parent / "data" / "channel_major_checkpoint.pt"
+
+
+def test_a_checkpoint_from_before_the_tap_major_layout_samples_as_it_did_but_does_not_resume(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The fixture is a training checkpoint that the network wrote while its convolution weights had
+    ``nn.Conv1d``'s (channel, tap) columns (``_TimeConv`` version 1, commit dbc0f06), with inputs and the
+    outputs it gave. Its weights and EMA weights load into the tap-major layout and give those outputs;
+    the Adam moments it holds follow the old layout, so training does not resume from it."""
+    payload = torch.load(CHANNEL_MAJOR, weights_only=True)
+    data = payload["fixture"]
+    cond = Conditions(**data["cond"])
+    for use_ema in (False, True):
+        d = load_denoiser(CHANNEL_MAJOR, device="cpu", use_ema=use_ema)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                d(data["x"], data["sigma"], cond), data["output"], atol=1e-5, rtol=1e-5
+            )
+    assert has_channel_major_convolutions(d, payload["model"])
+    assert not has_channel_major_convolutions(d, d.state_dict())
+    assert not has_channel_major_convolutions(d, dict(d.state_dict()))  # no metadata: today's layout
+    fingerprint, info = payload["config_fingerprint"], DistInfo()
+    assert _resume_state(CHANNEL_MAJOR, fingerprint, 10, True, info, d) is None
+    assert "before the convolutions' tap-major layout; starting fresh" in capsys.readouterr().out
 
 
 def test_prepared_conditions_give_the_same_estimates_and_batch_like_conditions() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, cast
 
@@ -120,21 +121,6 @@ def _model_args(cfg: TrainConfig, audio_dim: int, denoiser: Denoiser) -> dict[st
     }
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """``optimizer.load_state_dict(state)``, with per-parameter state reshaped to its parameter.
-
-    The network's temporal convolutions keep ``nn.Conv1d``'s weights ``[cout, cin, k]`` flattened to
-    ``[cout, cin * k]`` in the same memory order (:class:`reactdiff.model._TimeConv`): a run checkpointed
-    before that change resumes with its Adam moments intact.
-    """
-    optimizer.load_state_dict(state)
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            for key, value in optimizer.state.get(param, {}).items():
-                if torch.is_tensor(value) and value.shape != param.shape and value.numel() == param.numel():
-                    optimizer.state[param][key] = value.reshape(param.shape)
-
-
 def load_denoiser(
     path: Path | str,
     device: torch.device | str | None = None,
@@ -158,7 +144,10 @@ def load_denoiser(
         raise ValueError(f"{path} holds no EMA weights; load it with use_ema=False")
     # A checkpoint from before the fitted prior has none: it was trained with EDM's isotropic one,
     # which is what the denoiser was built with.
-    isotropic = {f"prior.{k}": v for k, v in denoiser.prior.state_dict().items()}
-    denoiser.load_state_dict({**isotropic, **state})
+    merged = OrderedDict((f"prior.{k}", v) for k, v in denoiser.prior.state_dict().items())
+    merged.update(state)
+    # The state's metadata tells the layouts of earlier versions of its layers (reactdiff.model._TimeConv).
+    merged._metadata = getattr(state, "_metadata", OrderedDict())  # type: ignore[attr-defined]
+    denoiser.load_state_dict(merged)
     denoiser = denoiser.to(device).eval()
     return denoiser.compute_in(select_precision(precision, device, count_parameters(denoiser)))
