@@ -560,6 +560,36 @@ def test_a_window_computes_its_block_modulations_once_for_every_level_of_its_sch
     )
 
 
+def test_guidance_runs_the_speaker_free_trunk_once_for_its_conditional_and_unconditional_rows() -> None:
+    """Guidance evaluates ``[cond; uncond]`` rows with the same ``x``, level, frame index and past: the
+    encoder and the first middle block, which never see the speaker, run on the conditional rows alone
+    and their features serve both halves; the estimates are those of the whole batch run row by row."""
+    d = demo(speaker_history=4)
+    rows_in_trunk: list[int] = []
+    d.network.in_lstm.register_forward_hook(lambda module, args, out: rows_in_trunk.append(len(args[0])))
+    cond = make_cond(3, history=4)
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(3, W, 58, generator=generator)
+    with torch.no_grad():
+        prepared = d.prepare(cond)
+        both = prepared.cat(prepared.drop_speaker())
+        sigma = torch.full((6,), 0.8)
+        shared = d(torch.cat([x, x]), sigma, both)
+        assert rows_in_trunk == [3]
+        whole = d(torch.cat([x, x]), sigma, cond.cat(cond.drop_speaker()))  # plain conditions: every row
+        assert rows_in_trunk == [3, 6]
+        torch.testing.assert_close(shared, whole, atol=1e-5, rtol=1e-5)
+        assert (shared[:3] - shared[3:]).abs().max() > 1e-2  # the halves do differ by their speaker
+        # Halves that differ in x or in level run the trunk on every row.
+        d(torch.cat([x, x + 1]), sigma, both)
+        d(torch.cat([x, x]), torch.cat([sigma[:3], sigma[3:] * 2]), both)
+        assert rows_in_trunk == [3, 6, 6, 6]
+        # A guided sampler's every step shares the trunk.
+        rows_in_trunk.clear()
+        sample(d, (3, W, 58), cond, steps=4, guidance_scale=2.0, generator=generator, device="cpu")
+        assert rows_in_trunk == [3, 3, 3, 3]
+
+
 def test_bf16_network_stays_close_to_fp32_and_keeps_the_precise_parts() -> None:
     data = torch.load(CHANNELS_FIRST, weights_only=True)["three_levels"]
     d = _fixture_denoiser(data)
