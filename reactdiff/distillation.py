@@ -65,13 +65,13 @@ from reactdiff.model import (
     NetworkConfig,
     ReactionUNet,
     count_parameters,
-    has_channel_major_convolutions,
 )
 from reactdiff.noise import SIGMA_MAX, SIGMA_MIN, karras_sigmas, sample_training_sigmas
 from reactdiff.samplers import Denoiser as DenoiserFn
 from reactdiff.samplers import guided, prepare, sample_dpmpp_2m
 from reactdiff.training.checkpointing import (
     load_checkpoint,
+    load_optimizer_state,
     restore_rng_state,
     rng_state,
 )
@@ -479,12 +479,12 @@ class _Distiller:
             "seed": seed,
         }
         self.start = 0
-        ckpt = _resumable(path, self.key, self.student)
+        ckpt = _resumable(path, self.key)
         if ckpt is not None:
             self.student.load_state_dict(ckpt["model"])
             self.ema.load_state_dict(ckpt["ema"])
             self.target.load_state_dict(ckpt["target"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            load_optimizer_state(self.optimizer, ckpt["optimizer"], self.student, ckpt["model"])
             restore_rng_state(ckpt["rng"])
             self.pool.resumed = ckpt.get("pool")
             self.start = int(ckpt["step"])
@@ -598,7 +598,7 @@ class _Distiller:
             torch.save(payload, tmp)
 
 
-def _resumable(path: Path, key: str, student: Denoiser) -> dict[str, Any] | None:
+def _resumable(path: Path, key: str) -> dict[str, Any] | None:
     """The checkpoint at ``path`` when it was written by this configuration, else ``None`` (said why)."""
     if not path.exists():
         return None
@@ -609,8 +609,5 @@ def _resumable(path: Path, key: str, student: Denoiser) -> dict[str, Any] | None
         return None
     if ckpt.get("config_fingerprint") != key or "target" not in ckpt:
         print(f"distill: {path} was written by another configuration; starting fresh", flush=True)
-        return None
-    if has_channel_major_convolutions(student, ckpt["model"]):
-        print(f"distill: {path} was written before the convolutions' tap-major layout; starting fresh")
         return None
     return ckpt

@@ -83,7 +83,7 @@ from reactdiff.prior import WindowPrior
 
 __all__ = [
     "SKIP_PATHS",
-    "has_channel_major_convolutions",
+    "channel_major_convolutions",
     "PreparedConditions",
     "WindowContext",
     "NetworkConfig",
@@ -307,7 +307,8 @@ class _TimeConv(nn.Linear):
 
     Checkpoints in the earlier layouts load unchanged: ``nn.Conv1d``'s 3-D ``[cout, cin, kernel]`` (the
     channels-first network) and the (channel, tap) columns of this class's version 1, which its state
-    dict's metadata records (:func:`has_channel_major_convolutions`).
+    dict's metadata records (:func:`channel_major_convolutions`; a state rebuilt without its metadata
+    is taken to be of this version).
     """
 
     _version = 2
@@ -317,11 +318,11 @@ class _TimeConv(nn.Linear):
         self.kernel, self.stride, self.causal = kernel, stride, causal
         self.pad = (kernel - 1, 0) if causal else ((kernel - 1) // 2, kernel // 2)
         with torch.no_grad():
-            self.weight.copy_(self._tap_major(self.weight))
+            self.weight.copy_(self.tap_major(self.weight))
 
-    def _tap_major(self, weight: Tensor) -> Tensor:
+    def tap_major(self, weight: Tensor) -> Tensor:
         """``[cout, kernel * cin]`` tap-major columns of ``nn.Conv1d``'s ``[cout, cin, kernel]`` weight or
-        of its flattening ``[cout, cin * kernel]``."""
+        of its flattening ``[cout, cin * kernel]`` (or of anything kept per element of them)."""
         cout = weight.shape[0]
         return weight.reshape(cout, -1, self.kernel).transpose(1, 2).reshape(cout, -1)
 
@@ -339,19 +340,21 @@ class _TimeConv(nn.Linear):
         weight = state_dict.get(prefix + "weight")
         # A state dict without metadata (one rebuilt as a plain dict) is taken to be of this version.
         if weight is not None and (weight.ndim == 3 or local_metadata.get("version", self._version) < 2):
-            state_dict[prefix + "weight"] = self._tap_major(weight)
+            state_dict[prefix + "weight"] = self.tap_major(weight)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
 
-def has_channel_major_convolutions(module: nn.Module, state: Any) -> bool:
-    """Whether ``state``, a state dict of ``module`` (a network or a denoiser), was saved before the
-    temporal convolutions' columns became tap-major (:class:`_TimeConv`). Its weights load into today's
-    layout; moments an optimizer kept for them do not, so training does not resume from it."""
+def channel_major_convolutions(module: nn.Module, state: Any) -> list[_TimeConv]:
+    """The temporal convolutions of ``module`` (a network or a denoiser) whose weights ``state``, a state
+    dict of it, holds with ``nn.Conv1d``'s (channel, tap) columns: saved before :class:`_TimeConv`'s
+    version 2. Loading reorders their weights; what an optimizer kept per element of them (Adam's
+    moments) is reordered by :func:`reactdiff.training.checkpointing.load_optimizer_state`."""
     metadata = getattr(state, "_metadata", None) or {}
-    return any(
-        isinstance(layer, _TimeConv) and layer.kernel > 1 and metadata.get(name, {}).get("version", 2) < 2
+    return [
+        layer
         for name, layer in module.named_modules()
-    )
+        if isinstance(layer, _TimeConv) and layer.kernel > 1 and metadata.get(name, {}).get("version", 2) < 2
+    ]
 
 
 class _ResBlock(nn.Module):
@@ -935,7 +938,8 @@ class Denoiser(nn.Module):
             # Conditions met once (training's batches: a level per row) keep nothing per level.
             if isinstance(cond, PreparedConditions):
                 prepared = self.prepare(cond)
-                if bool((sigma == sigma[0]).all()):  # a sampler's step: one level for every row
+                # A sampler's step: one level for every row (0, where D = x, is never one).
+                if bool((sigma == sigma[0]).all()) and float(sigma[0]) > 0:
                     level = sigma[:1]
             else:
                 prepared = self._prepared(cond, per_level=False)
@@ -950,11 +954,11 @@ class Denoiser(nn.Module):
         # mixed precision they would round the skip path by more than the lowest noise levels.
         with torch.autocast(x.device.type, enabled=False):
             prediction = None if prepared is None else prepared.prediction.to(x.dtype)
-            if prepared is not None and level is not None and float(level) > 0:
-                operators, key = prepared.operators, float(level)
+            if prepared is not None and level is not None:
+                operators, key = prepared.operators, (float(level), x.dtype)
                 if key not in operators:
                     power = 0.5 if self.skip == "flow" else 1.0
-                    operators[key] = self.prior.step_operator(key, power).to(x.dtype)
+                    operators[key] = self.prior.step_operator(key[0], power).to(x.dtype)
                 return self.prior.estimate(x, out.float(), operators[key], cast(Tensor, prediction))
             skip = self.prior.flow if self.skip == "flow" else self.prior.skip
             estimate = skip(x, sigma, prediction=prediction)
@@ -973,8 +977,9 @@ class PreparedConditions:
         self.conditions, self.context, self.prediction, self.owner = conditions, context, prediction, owner
         self.speaker_dropped_from: PreparedConditions | None = None  # what drop_speaker() made this of
         self.pairs: int | None = None  # rows [n, 2n) are rows [0, n) with the speaker dropped
-        # WindowPrior.step_operator per noise level, filled as a sampler meets them
-        self.operators: dict[float, Tensor] = {}
+        # WindowPrior.step_operator per noise level (and dtype), filled as a sampler meets them; it
+        # depends on the owner's prior alone, so the conditions derived from these share it
+        self.operators: dict[tuple[float, torch.dtype], Tensor] = {}
 
     @property
     def batch_size(self) -> int:
@@ -982,7 +987,9 @@ class PreparedConditions:
 
     def drop_speaker(self) -> PreparedConditions:
         dropped = self.owner.prepare(self.conditions.drop_speaker())
-        dropped.speaker_dropped_from = self
+        dropped.speaker_dropped_from, dropped.operators = self, self.operators
+        if self.context is not None and dropped.context is not None:  # the same frame index and levels
+            dropped.context = dropped.context._replace(levels=self.context.levels)
         return dropped
 
     def cat(self, other: PreparedConditions) -> PreparedConditions:
@@ -992,6 +999,7 @@ class PreparedConditions:
             torch.cat([self.prediction, other.prediction]),
             self.owner,
         )
+        batched.operators = self.operators
         if other.speaker_dropped_from is self:  # guidance's [cond; uncond]
             batched.pairs = self.batch_size
         return batched

@@ -141,9 +141,9 @@ class _CountingPreparations(nn.Module):
         super().__init__()
         self.inner, self.prepared = inner, 0
 
-    def prepare(self, cond):
+    def prepare(self, cond, levels=None):
         self.prepared += 1
-        return self.inner.prepare(cond)
+        return self.inner.prepare(cond, levels)
 
     def forward(self, x, sigma, cond):
         return self.inner(x, sigma, cond)

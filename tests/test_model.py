@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from pathlib import Path
@@ -19,14 +20,14 @@ from reactdiff.model import (
     NetworkConfig,
     _TimeConv,
     build_denoiser,
+    channel_major_convolutions,
     count_parameters,
-    has_channel_major_convolutions,
     network_config,
 )
 from reactdiff.noise import karras_sigmas
 from reactdiff.prior import WindowPrior
 from reactdiff.samplers import sample
-from reactdiff.training.checkpointing import load_denoiser
+from reactdiff.training.checkpointing import load_denoiser, load_optimizer_state
 from reactdiff.training.distributed import DistInfo
 from reactdiff.training.loop import _resume_state
 
@@ -462,28 +463,50 @@ def test_a_temporal_conv_is_conv1d_with_its_weights_in_tap_major_columns(causal:
 CHANNEL_MAJOR = Path(__file__).parent / "data" / "channel_major_checkpoint.pt"
 
 
-def test_a_checkpoint_from_before_the_tap_major_layout_samples_as_it_did_but_does_not_resume(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_a_checkpoint_from_before_the_tap_major_layout_samples_and_resumes_as_it_did() -> None:
     """The fixture is a training checkpoint that the network wrote while its convolution weights had
     ``nn.Conv1d``'s (channel, tap) columns (``_TimeConv`` version 1, commit dbc0f06), with inputs and the
-    outputs it gave. Its weights and EMA weights load into the tap-major layout and give those outputs;
-    the Adam moments it holds follow the old layout, so training does not resume from it."""
+    outputs it gave. Its weights and EMA weights load into the tap-major layout and give those outputs,
+    and Adam's moments follow them: the resumed step is the old layout's step, reordered."""
     payload = torch.load(CHANNEL_MAJOR, weights_only=True)
     data = payload["fixture"]
     cond = Conditions(**data["cond"])
-    for use_ema in (False, True):
+    for use_ema in (True, False):
         d = load_denoiser(CHANNEL_MAJOR, device="cpu", use_ema=use_ema)
         with torch.no_grad():
             torch.testing.assert_close(
                 d(data["x"], data["sigma"], cond), data["output"], atol=1e-5, rtol=1e-5
             )
-    assert has_channel_major_convolutions(d, payload["model"])
-    assert not has_channel_major_convolutions(d, d.state_dict())
-    assert not has_channel_major_convolutions(d, dict(d.state_dict()))  # no metadata: today's layout
-    fingerprint, info = payload["config_fingerprint"], DistInfo()
-    assert _resume_state(CHANNEL_MAJOR, fingerprint, 10, True, info, d) is None
-    assert "before the convolutions' tap-major layout; starting fresh" in capsys.readouterr().out
+    old_layout = channel_major_convolutions(d, payload["model"])
+    assert d.network.conv_in in old_layout and len(old_layout) == sum(
+        isinstance(m, _TimeConv) and m.kernel > 1 for m in d.modules()
+    )
+    assert channel_major_convolutions(d, d.state_dict()) == []
+    assert channel_major_convolutions(d, dict(d.state_dict())) == []  # no metadata: today's layout
+    fingerprint = payload["config_fingerprint"]
+    assert _resume_state(CHANNEL_MAJOR, fingerprint, 10, True, DistInfo()) is not None
+
+    optimizer = torch.optim.Adam(d.parameters(), lr=1e-3)
+    load_optimizer_state(optimizer, payload["optimizer"], d, payload["model"])
+    # The old layout's step, on conv_in alone: its stored weight, moments and a gradient.
+    index = [name for name, _ in d.named_parameters()].index("network.conv_in.weight")
+    old_weight = nn.Parameter(payload["model"]["network.conv_in.weight"].clone())
+    old = torch.optim.Adam([old_weight], lr=1e-3)
+    old.load_state_dict(
+        {
+            "state": {0: copy.deepcopy(payload["optimizer"]["state"][index])},
+            "param_groups": [{**payload["optimizer"]["param_groups"][0], "params": [0]}],
+        }
+    )
+    conv = d.network.conv_in
+    gradient = torch.randn_like(old_weight)
+    old_weight.grad = gradient
+    old.step()
+    for p in d.parameters():
+        p.grad = torch.zeros_like(p)
+    conv.weight.grad = conv.tap_major(gradient)
+    optimizer.step()
+    torch.testing.assert_close(conv.weight.detach(), conv.tap_major(old_weight.detach()))
 
 
 def test_prepared_conditions_give_the_same_estimates_and_batch_like_conditions() -> None:
@@ -503,7 +526,7 @@ def test_prepared_conditions_give_the_same_estimates_and_batch_like_conditions()
         # skip path and output scale computed afresh.
         level = torch.full((3,), 0.7)
         first = d(x, level, prepared)
-        assert list(prepared.operators) == [pytest.approx(0.7)]
+        assert list(prepared.operators) == [(pytest.approx(0.7), torch.float32)]
         assert torch.equal(d(x, level, prepared), first)
         torch.testing.assert_close(first, d(x, level, cond))
         # Conditions another network prepared are prepared afresh: its context never runs through this one.
@@ -535,7 +558,9 @@ def test_a_window_computes_its_block_modulations_once_for_every_level_of_its_sch
         prepared = d.prepare(cond, levels)
         cache = prepared.context.levels
         assert sorted(cache.levels) == sorted(float(s) for s in levels[:-1])
-        assert prepared.cat(prepared.drop_speaker()).context.levels is cache
+        dropped = prepared.drop_speaker()  # guidance's unconditional rows: the same levels and operators
+        assert dropped.context.levels is cache and dropped.operators is prepared.operators
+        assert prepared.cat(dropped).context.levels is cache
         x = torch.randn(3, W, 58, generator=generator)
         for sigma in levels[:-1]:
             cached = d(x, sigma, prepared)
@@ -550,6 +575,8 @@ def test_a_window_computes_its_block_modulations_once_for_every_level_of_its_sch
         assert products == [6, 6, 1]
         d(x, torch.tensor([0.3, 0.5, 0.7]), prepared)
         assert products == [6, 6, 1, 3]
+        # At sigma = 0 the estimate is x itself, which no level is needed for.
+        assert torch.equal(d(x, torch.zeros(3), prepared), x) and products == [6, 6, 1, 3, 3]
 
     # Rows of different frame indices (a server's batch of conversations) keep per-row modulations.
     mixed = dataclasses.replace(cond, frame_index=torch.tensor([40, 41, 40]))

@@ -17,6 +17,7 @@ from reactdiff.model import (
     Denoiser,
     NetworkConfig,
     ReactionUNet,
+    channel_major_convolutions,
     count_parameters,
 )
 from reactdiff.training.config import CHECKPOINT_FORMAT, TrainConfig, _plain
@@ -119,6 +120,21 @@ def _model_args(cfg: TrainConfig, audio_dim: int, denoiser: Denoiser) -> dict[st
         "network": denoiser.config.to_dict(),
         "sigma_data": denoiser.sigma_data,
     }
+
+
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, state: dict[str, Any], module: nn.Module, module_state: Any
+) -> None:
+    """``optimizer.load_state_dict(state)`` of a checkpoint whose weights ``module_state`` were loaded
+    into ``module``: what the optimizer keeps per element of a weight that loading reordered (Adam's
+    moments of convolutions saved before their tap-major layout, :func:`reactdiff.model.
+    channel_major_convolutions`) is reordered the same way, so the run resumes where it stopped."""
+    optimizer.load_state_dict(state)
+    for layer in channel_major_convolutions(_unwrap(module), module_state):
+        kept = optimizer.state.get(layer.weight, {})
+        for key, value in kept.items():
+            if torch.is_tensor(value) and value.numel() == layer.weight.numel():
+                kept[key] = layer.tap_major(value)
 
 
 def load_denoiser(

@@ -24,11 +24,11 @@ from reactdiff.model import (
     Denoiser,
     build_denoiser,
     count_parameters,
-    has_channel_major_convolutions,
 )
 from reactdiff.training.checkpointing import (
     _model_args,
     load_checkpoint,
+    load_optimizer_state,
     restore_rng_state,
     rng_state,
     save_checkpoint,
@@ -169,9 +169,9 @@ def _say(info: DistInfo, message: str) -> None:
 
 
 def _resume_state(
-    path: Path, fingerprint: str, steps: int, resume: bool, info: DistInfo, model: nn.Module
+    path: Path, fingerprint: str, steps: int, resume: bool, info: DistInfo
 ) -> dict[str, Any] | None:
-    """The checkpoint of ``model`` to continue from, or ``None`` (with the reason printed) to start fresh."""
+    """The checkpoint to continue from, or ``None`` (with the reason printed) to start fresh."""
     if not resume or not path.exists():
         return None
     try:
@@ -188,9 +188,6 @@ def _resume_state(
         return None
     if ckpt["step"] > steps:
         _say(info, f"{path} is at step {ckpt['step']}, beyond the {steps} steps asked for; starting fresh")
-        return None
-    if has_channel_major_convolutions(model, ckpt["model"]):
-        _say(info, f"{path} was written before the convolutions' tap-major layout; starting fresh")
         return None
     return ckpt
 
@@ -320,14 +317,12 @@ class _Trainer:
 
     def _resume(self, resume: bool, fp16: bool) -> tuple[int, bool]:
         """The step to start from, and whether the run is fresh (no checkpoint to resume)."""
-        ckpt = _resume_state(
-            self.checkpoint_path, self.fingerprint, self.cfg.steps, resume, self.info, self.denoiser
-        )
+        ckpt = _resume_state(self.checkpoint_path, self.fingerprint, self.cfg.steps, resume, self.info)
         if ckpt is None:
             return 0, True
         self.denoiser.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(self.optimizer, ckpt["optimizer"], self.denoiser, ckpt["model"])
         if fp16 and ckpt["scaler"]:
             self.scaler.load_state_dict(ckpt["scaler"])
         restore_rng_state(ckpt["rng"])
